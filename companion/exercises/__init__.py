@@ -1,0 +1,17 @@
+"""Self-study exercises with hidden tests.
+
+Each chapter ends with exercises: the reader writes a function and calls
+``check(name, fn)``, which runs tests the reader does not see (random inputs compared
+with a reference, edge cases) and prints pass or fail with a hint, never the answer::
+
+    from companion import exercises
+    exercises.names()                      # every exercise, in book order
+    exercises.check("euler_step", my_euler_step)
+"""
+
+from companion.exercises._core import Mismatch, check, get, names
+
+# Importing a chapter's module registers its exercises (book order is by chapter number).
+from companion.exercises import odes  # noqa: F401  chapter 1
+
+__all__ = ["check", "names", "get", "Mismatch"]

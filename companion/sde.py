@@ -1,0 +1,280 @@
+"""Forward SDEs of score-based generative modelling (chapter 2).
+
+Every SDE here is *linear with scalar coefficients*,
+
+    dx = a(t) x dt + g(t) dw,        t in [0, T], T = 1,           (eq-linear-sde)
+
+so the perturbation kernel p_0t(x_t | x_0) is Gaussian with mean m(t) x_0 and standard
+deviation s(t) in every coordinate, where m(t) = exp(int_0^t a) and s(t)^2 solves the
+moment equation v' = 2 a v + g^2, v(0) = 0 (eq-moment-ode, chapter 2). The three SDEs of
+Song et al. (2021) differ in a(t) and g(t):
+
+=========  ==============================  ================================  ===========================
+SDE        drift a(t) x                    g(t)^2                            kernel std s(t)
+=========  ==============================  ================================  ===========================
+VE         0                               d sigma(t)^2 / dt                 sqrt(sigma(t)^2 - sigma_min^2)
+VP         -beta(t) x / 2                  beta(t)                           sqrt(1 - exp(-B(t)))
+sub-VP     -beta(t) x / 2                  beta(t) (1 - exp(-2 B(t)))        1 - exp(-B(t))
+=========  ==============================  ================================  ===========================
+
+with sigma(t) = sigma_min (sigma_max / sigma_min)^t, beta(t) = beta_min + t (beta_max -
+beta_min) and B(t) = int_0^t beta. See Eqs. (eq-ve-sde), (eq-vp-sde), (eq-subvp-sde) of
+chapter 2.
+
+**VE convention.** The kernel of the VE SDE started *at* x_0 has variance
+sigma(t)^2 - sigma_min^2, which is what ``VE.marginal`` returns. Song et al. use
+sigma(t)^2, the kernel of an SDE whose data were already blurred by N(0, sigma_min^2).
+We keep the exact kernel so that drift, diffusion and marginal describe one and the same
+process (a simulation of ``drift`` and ``diffusion`` reproduces ``marginal``, and the
+exact perturbed mixtures of :mod:`companion.toy` are exact). The two differ by
+sigma_min^2 = 1e-4, which matters only for t close to 0.
+
+Shapes: ``x`` is ``(n, *dims)``; ``t`` is a scalar or ``(n,)``; coefficients of ``t``
+broadcast against ``x`` along the batch axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def batch_broadcast(c: jax.Array, x: jax.Array) -> jax.Array:
+    """Reshape a per-sample coefficient ``c`` (scalar or ``(n,)``) to broadcast against ``x``.
+
+    A scalar stays a scalar; an ``(n,)`` array becomes ``(n, 1, ..., 1)``.
+    """
+    c = jnp.asarray(c)
+    if c.ndim == 0:
+        return c
+    if c.ndim != 1 or c.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"t: expected a scalar or shape ({x.shape[0]},) to match x of shape {x.shape}, "
+            f"got shape {c.shape}"
+        )
+    return c.reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def check_time(t, T: float, *, allow_zero: bool) -> None:
+    """Raise ``ValueError`` if ``t`` is known at trace time and lies outside ``(0, T]``.
+
+    (``[0, T]`` when ``allow_zero``.) Traced values are not checked: they are unknown
+    until the function runs.
+    """
+    if isinstance(t, jax.core.Tracer):
+        return
+    tv = np.asarray(t)
+    low_ok = np.all(tv >= 0) if allow_zero else np.all(tv > 0)
+    if not (low_ok and np.all(tv <= T * (1 + 1e-6))):
+        interval = f"[0, {T}]" if allow_zero else f"(0, {T}]"
+        raise ValueError(f"t: every time must lie in {interval}, got values in [{tv.min()}, {tv.max()}]")
+
+
+def _check_x(x) -> jax.Array:
+    x = jnp.asarray(x)
+    if x.ndim < 1:
+        raise ValueError(f"x: expected shape (n, *dims), got a scalar")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"x: expected a floating-point array, got dtype {x.dtype}")
+    return x
+
+
+def _positive_float(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name}: expected a finite non-negative number, got {value}")
+    return value
+
+
+# --------------------------------------------------------------------------- base class
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearSDE:
+    """dx = a(t) x dt + g(t) dw on [0, T] (Eq. eq-linear-sde). Subclasses give a, g, m, s."""
+
+    T = 1.0
+
+    # -- the four scalar functions that define a linear SDE; t is a scalar or (n,) array
+    def drift_coefficient(self, t):
+        """a(t), with f(x, t) = a(t) x."""
+        raise NotImplementedError
+
+    def diffusion(self, t):
+        """g(t), the diffusion coefficient; shaped like ``t``."""
+        raise NotImplementedError
+
+    def mean_coefficient(self, t):
+        """m(t) = exp(int_0^t a(u) du): the kernel's mean is m(t) x_0."""
+        raise NotImplementedError
+
+    def kernel_std(self, t):
+        """s(t): the kernel's standard deviation, s(t)^2 solving v' = 2 a v + g^2, v(0) = 0."""
+        raise NotImplementedError
+
+    # -- what follows is the same for every linear SDE
+    def drift(self, x, t):
+        """f(x, t) = a(t) x, shaped like ``x``."""
+        x = _check_x(x)
+        check_time(t, self.T, allow_zero=True)
+        return batch_broadcast(self.drift_coefficient(t), x) * x
+
+    def marginal(self, x0, t):
+        """Mean and standard deviation of the perturbation kernel p_0t(x_t | x_0).
+
+        Returns ``(mean, std)``: ``mean`` shaped like ``x0``, ``std`` shaped like ``t``
+        (the same in every coordinate). ``x_t = mean + std * z`` with ``z ~ N(0, I)``.
+        """
+        x0 = _check_x(x0)
+        check_time(t, self.T, allow_zero=False)
+        return batch_broadcast(self.mean_coefficient(t), x0) * x0, self.kernel_std(t)
+
+    def perturb(self, key, x0, t):
+        """Sample x_t ~ p_0t(. | x_0). Returns ``(x_t, z)``, the noise ``z`` that made it."""
+        mean, std = self.marginal(x0, t)
+        z = jax.random.normal(key, x0.shape, x0.dtype)
+        return mean + batch_broadcast(std, x0) * z, z
+
+    def prior_std(self):
+        """Standard deviation of the prior p_T: the kernel at T started from x_0 = 0."""
+        return self.kernel_std(self.T)
+
+    def prior_sample(self, key, shape):
+        """Sample ``shape`` = ``(n, *dims)`` from the prior N(0, s(T)^2 I)."""
+        return self.prior_std() * jax.random.normal(key, tuple(shape))
+
+    def prior_log_prob(self, x):
+        """log N(x; 0, s(T)^2 I) per sample, shape ``(n,)``."""
+        x = _check_x(x)
+        s = self.prior_std()
+        d = math.prod(x.shape[1:])
+        sq = jnp.sum(x.reshape(x.shape[0], -1) ** 2, axis=1)
+        return -0.5 * sq / s**2 - d * jnp.log(s) - 0.5 * d * math.log(2 * math.pi)
+
+    def reverse_drift(self, score_fn: ScoreFn, x, t):
+        """f(x, t) - g(t)^2 score(x, t): the drift of the reverse-time SDE (Eq. eq-reverse-sde, chapter 3).
+
+        Time runs backwards: dx = [f - g^2 score] dt + g dw_bar with dt < 0.
+        """
+        g = batch_broadcast(self.diffusion(t), x)
+        return self.drift(x, t) - g**2 * score_fn(x, t)
+
+    def probability_flow_drift(self, score_fn: ScoreFn, x, t):
+        """f(x, t) - g(t)^2 score(x, t) / 2: the probability flow ODE (Eq. eq-pf-ode, chapter 5)."""
+        g = batch_broadcast(self.diffusion(t), x)
+        return self.drift(x, t) - 0.5 * g**2 * score_fn(x, t)
+
+
+# --------------------------------------------------------------------------- the three SDEs
+
+
+@dataclasses.dataclass(frozen=True)
+class VE(LinearSDE):
+    """Variance exploding: dx = sqrt(d sigma(t)^2 / dt) dw, sigma(t) = sigma_min (sigma_max/sigma_min)^t.
+
+    Eq. (eq-ve-sde), chapter 2. The kernel is N(x_0, (sigma(t)^2 - sigma_min^2) I), the
+    exact kernel of this SDE (see the module docstring for how this differs from Song et al.).
+    """
+
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+
+    def __post_init__(self):
+        lo = _positive_float("sigma_min", self.sigma_min)
+        hi = _positive_float("sigma_max", self.sigma_max)
+        if lo <= 0:
+            raise ValueError(f"sigma_min: must be positive, got {lo}")
+        if lo >= hi:
+            raise ValueError(f"sigma_min must be smaller than sigma_max, got {lo} >= {hi}")
+        object.__setattr__(self, "sigma_min", lo)
+        object.__setattr__(self, "sigma_max", hi)
+
+    @property
+    def log_ratio(self) -> float:
+        return math.log(self.sigma_max / self.sigma_min)
+
+    def sigma(self, t):
+        """sigma(t) = sigma_min (sigma_max / sigma_min)^t."""
+        return self.sigma_min * jnp.exp(jnp.asarray(t) * self.log_ratio)
+
+    def drift_coefficient(self, t):
+        return jnp.zeros_like(jnp.asarray(t, dtype=float))
+
+    def diffusion(self, t):
+        # g^2 = d sigma^2/dt = 2 log(sigma_max/sigma_min) sigma(t)^2
+        return self.sigma(t) * math.sqrt(2 * self.log_ratio)
+
+    def mean_coefficient(self, t):
+        return jnp.ones_like(jnp.asarray(t, dtype=float))
+
+    def kernel_std(self, t):
+        # sigma(t)^2 - sigma_min^2 = sigma_min^2 (exp(2 t log r) - 1), expm1 keeps small t accurate
+        return self.sigma_min * jnp.sqrt(jnp.expm1(2 * jnp.asarray(t) * self.log_ratio))
+
+
+@dataclasses.dataclass(frozen=True)
+class VP(LinearSDE):
+    """Variance preserving: dx = -beta(t) x / 2 dt + sqrt(beta(t)) dw (Eq. eq-vp-sde, chapter 2).
+
+    beta(t) = beta_min + t (beta_max - beta_min); the continuous limit of the DDPM chain.
+    Kernel: N(exp(-B(t)/2) x_0, (1 - exp(-B(t))) I), B(t) = int_0^t beta.
+    """
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+
+    def __post_init__(self):
+        lo = _positive_float("beta_min", self.beta_min)
+        hi = _positive_float("beta_max", self.beta_max)
+        if hi <= 0:
+            raise ValueError(f"beta_max: must be positive, got {hi}")
+        if hi < lo:
+            raise ValueError(f"beta_max must be at least beta_min, got {hi} < {lo}")
+        object.__setattr__(self, "beta_min", lo)
+        object.__setattr__(self, "beta_max", hi)
+
+    def beta(self, t):
+        return self.beta_min + jnp.asarray(t) * (self.beta_max - self.beta_min)
+
+    def integrated_beta(self, t):
+        """B(t) = int_0^t beta(u) du."""
+        t = jnp.asarray(t)
+        return self.beta_min * t + 0.5 * t**2 * (self.beta_max - self.beta_min)
+
+    def drift_coefficient(self, t):
+        return -0.5 * self.beta(t)
+
+    def diffusion(self, t):
+        return jnp.sqrt(self.beta(t))
+
+    def mean_coefficient(self, t):
+        return jnp.exp(-0.5 * self.integrated_beta(t))
+
+    def kernel_std(self, t):
+        return jnp.sqrt(-jnp.expm1(-self.integrated_beta(t)))
+
+
+@dataclasses.dataclass(frozen=True)
+class SubVP(VP):
+    """Sub-VP: dx = -beta(t) x / 2 dt + sqrt(beta(t) (1 - exp(-2 B(t)))) dw (Eq. eq-subvp-sde, chapter 2).
+
+    Same drift and kernel mean as VP; kernel std 1 - exp(-B(t)), never above VP's.
+    """
+
+    def diffusion(self, t):
+        return jnp.sqrt(self.beta(t) * -jnp.expm1(-2 * self.integrated_beta(t)))
+
+    def kernel_std(self, t):
+        return -jnp.expm1(-self.integrated_beta(t))

@@ -1,0 +1,187 @@
+"""Gaussian mixtures: toy data whose density, score and perturbed marginals are exact.
+
+Under a linear SDE (:mod:`companion.sde`) the kernel is Gaussian, so a Gaussian mixture
+stays one: component k of p_t has mean m(t) mu_k and covariance
+m(t)^2 Sigma_k + s(t)^2 I (Eq. eq-perturbed-mixture, chapter 3). Its score is the
+responsibility-weighted average of the component scores,
+
+    grad log p(x) = sum_k r_k(x) (-Sigma_k^{-1} (x - mu_k)),   r_k = w_k N_k(x) / p(x),
+
+computed with Cholesky factors and triangular solves (no explicit inverse) and a
+log-sum-exp, so it stays finite in float32 far from every mode.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.linalg import solve_triangular
+from jax.scipy.special import logsumexp
+
+from companion.sde import LinearSDE, ScoreFn, check_time
+
+
+def _is_traced(*arrays) -> bool:
+    return any(isinstance(a, jax.core.Tracer) for a in arrays)
+
+
+def _component_terms(x, means, chol, log_weights):
+    """For one point ``x`` (d,): per-component log w_k N_k(x), shape (K,), and scores, (K, d)."""
+    d = x.shape[-1]
+    diff = x - means  # (K, d)
+    z = solve_triangular(chol, diff[..., None], lower=True)[..., 0]  # L^{-1} (x - mu)
+    log_det = 2 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+    log_pk = log_weights - 0.5 * (jnp.sum(z**2, axis=-1) + log_det + d * math.log(2 * math.pi))
+    # -Sigma^{-1} (x - mu) = -L^{-T} z
+    scores = -solve_triangular(chol, z[..., None], lower=True, trans=1)[..., 0]
+    return log_pk, scores
+
+
+def _log_prob_and_score(x, means, chol, log_weights):
+    log_pk, scores = _component_terms(x, means, chol, log_weights)
+    log_p = logsumexp(log_pk)
+    resp = jnp.exp(log_pk - log_p)  # responsibilities r_k(x), summing to 1
+    return log_p, resp @ scores
+
+
+@jax.tree_util.register_pytree_node_class
+class GaussianMixture:
+    """p(x) = sum_k w_k N(x; mu_k, Sigma_k) in d dimensions.
+
+    Args:
+        means: ``(K, d)``.
+        covs: ``(K, d, d)``, symmetric positive definite.
+        weights: ``(K,)``, non-negative, summing to 1.
+    """
+
+    def __init__(self, means, covs, weights):
+        self.means = jnp.asarray(means)
+        self.covs = jnp.asarray(covs)
+        self.weights = jnp.asarray(weights)
+        if not _is_traced(self.means, self.covs, self.weights):
+            self._validate()
+        self.chol = jnp.linalg.cholesky(self.covs)
+
+    def _validate(self):
+        means, covs, weights = (np.asarray(a) for a in (self.means, self.covs, self.weights))
+        if means.ndim != 2:
+            raise ValueError(f"means: expected shape (K, d), got {means.shape}")
+        K, d = means.shape
+        if covs.shape != (K, d, d):
+            raise ValueError(f"covs: expected shape ({K}, {d}, {d}) to match means, got {covs.shape}")
+        if weights.shape != (K,):
+            raise ValueError(f"weights: expected shape ({K},) to match means, got {weights.shape}")
+        for name, a in (("means", means), ("covs", covs), ("weights", weights)):
+            if not np.all(np.isfinite(a)):
+                raise ValueError(f"{name}: contains NaN or inf")
+        if np.any(weights < 0) or abs(weights.sum() - 1) > 1e-5:
+            raise ValueError(f"weights: must be non-negative and sum to 1, got sum {weights.sum()}")
+        if not np.allclose(covs, np.swapaxes(covs, -1, -2), rtol=1e-5, atol=1e-8):
+            raise ValueError("covs: every covariance must be symmetric")
+        if np.any(np.linalg.eigvalsh(covs.astype(np.float64)) <= 0):
+            raise ValueError("covs: every covariance must be positive definite")
+
+    # pytree protocol: the arrays are leaves, so a mixture passes through jit and vmap
+    def tree_flatten(self):
+        return (self.means, self.covs, self.weights), None
+
+    @classmethod
+    def tree_unflatten(cls, _, children):
+        return cls(*children)
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def n_components(self) -> int:
+        return self.means.shape[0]
+
+    def _check_points(self, x):
+        x = jnp.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x: expected shape (n, {self.dim}), got {x.shape}")
+        return x
+
+    def sample(self, key, n: int, *, return_labels: bool = False):
+        """``n`` samples, shape ``(n, d)`` (and their component labels ``(n,)`` if asked)."""
+        k_label, k_noise = jax.random.split(key)
+        labels = jax.random.categorical(k_label, jnp.log(self.weights), shape=(n,))
+        z = jax.random.normal(k_noise, (n, self.dim), self.means.dtype)
+        x = self.means[labels] + jnp.einsum("nij,nj->ni", self.chol[labels], z)
+        return (x, labels) if return_labels else x
+
+    def log_prob(self, x):
+        """log p(x), shape ``(n,)``."""
+        x = self._check_points(x)
+        f = lambda xi: _log_prob_and_score(xi, self.means, self.chol, jnp.log(self.weights))[0]
+        return jax.vmap(f)(x)
+
+    def score(self, x):
+        """grad_x log p(x), shape ``(n, d)``."""
+        x = self._check_points(x)
+        f = lambda xi: _log_prob_and_score(xi, self.means, self.chol, jnp.log(self.weights))[1]
+        return jax.vmap(f)(x)
+
+    def responsibilities(self, x):
+        """p(component k | x), shape ``(n, K)``: the exact classifier of chapter 6."""
+        x = self._check_points(x)
+        f = lambda xi: jax.nn.softmax(_component_terms(xi, self.means, self.chol, jnp.log(self.weights))[0])
+        return jax.vmap(f)(x)
+
+    def perturbed(self, sde: LinearSDE, t) -> "GaussianMixture":
+        """The exact marginal p_t of data from this mixture under ``sde``, at a scalar ``t``."""
+        if jnp.ndim(t) != 0:
+            raise ValueError(f"t: expected a scalar, got shape {jnp.shape(t)}; use exact_score for per-sample t")
+        check_time(t, sde.T, allow_zero=False)
+        m, s = sde.mean_coefficient(t), sde.kernel_std(t)
+        eye = jnp.eye(self.dim, dtype=self.covs.dtype)
+        return GaussianMixture(m * self.means, m**2 * self.covs + s**2 * eye, self.weights)
+
+    def __repr__(self):
+        return f"GaussianMixture(K={self.n_components}, d={self.dim})"
+
+
+def exact_score(mix: GaussianMixture, sde: LinearSDE) -> ScoreFn:
+    """The exact score of p_t, as a ``score_fn(x, t)`` with ``t`` a scalar or ``(n,)``.
+
+    ``x`` has shape ``(n, d)``. Each sample gets its own perturbed mixture, so a sampler
+    can pass per-sample times.
+    """
+    eye = jnp.eye(mix.dim, dtype=mix.covs.dtype)
+    log_w = jnp.log(mix.weights)
+
+    def one(xi, ti):
+        m, s = sde.mean_coefficient(ti), sde.kernel_std(ti)
+        chol = jnp.linalg.cholesky(m**2 * mix.covs + s**2 * eye)
+        return _log_prob_and_score(xi, m * mix.means, chol, log_w)[1]
+
+    def score_fn(x, t):
+        x = mix._check_points(x)
+        check_time(t, sde.T, allow_zero=False)
+        t = jnp.broadcast_to(jnp.asarray(t, dtype=x.dtype), (x.shape[0],))
+        return jax.vmap(one)(x, t).astype(x.dtype)
+
+    return score_fn
+
+
+# --------------------------------------------------------------------------- the course's data sets
+
+
+def two_gaussians_1d() -> GaussianMixture:
+    """The 1-D mixture of chapters 4 and 6: 0.3 N(-2, 1^2) + 0.7 N(2, 0.5^2)."""
+    return GaussianMixture(
+        means=[[-2.0], [2.0]],
+        covs=[[[1.0]], [[0.25]]],
+        weights=[0.3, 0.7],
+    )
+
+
+def four_gaussians_2d() -> GaussianMixture:
+    """The 2-D mixture of chapters 3, 5 and 6: four equally weighted Gaussians, std 0.5,
+    centred on the corners (+-2, +-2) of a square."""
+    means = [[-2.0, -2.0], [-2.0, 2.0], [2.0, -2.0], [2.0, 2.0]]
+    return GaussianMixture(means=means, covs=[0.25 * np.eye(2)] * 4, weights=[0.25] * 4)
