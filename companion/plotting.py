@@ -1,0 +1,184 @@
+"""Small plotting helpers that keep the chapters' cells short.
+
+Each function draws on a Matplotlib ``ax`` the caller owns and returns the artist it
+made, so a chapter can still set titles, labels and legends itself.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import matplotlib.collections as mcoll
+import matplotlib.colors as mcolors
+import numpy as np
+
+
+def _as_limits(lim, name: str) -> tuple[float, float]:
+    arr = np.asarray(lim, dtype=np.float64)
+    if arr.shape != (2,) or not arr[0] < arr[1]:
+        raise ValueError(f"{name} must be a pair (low, high) with low < high, got {lim!r}")
+    return float(arr[0]), float(arr[1])
+
+
+def vector_field(
+    ax,
+    f: Callable,
+    xlim=(-2.0, 2.0),
+    ylim=(-2.0, 2.0),
+    *,
+    n: int = 30,
+    cmap: str = "Greys",
+    **kwargs,
+):
+    """Stream lines of a planar vector field ``f`` on ``xlim`` x ``ylim``, darker where faster.
+
+    ``f`` maps an array of points of shape ``(m, 2)`` to their velocities, shape
+    ``(m, 2)``; it is called once, on an ``n`` x ``n`` grid. Extra keyword arguments go
+    to :meth:`matplotlib.axes.Axes.streamplot`, whose artist is returned.
+    """
+    x0, x1 = _as_limits(xlim, "xlim")
+    y0, y1 = _as_limits(ylim, "ylim")
+    if not (isinstance(n, (int, np.integer)) and n >= 2):
+        raise ValueError(f"n must be an integer >= 2, got {n!r}")
+    X, Y = np.meshgrid(np.linspace(x0, x1, n), np.linspace(y0, y1, n))
+    points = np.stack([X.ravel(), Y.ravel()], axis=-1)
+    V = np.asarray(f(points), dtype=np.float64)
+    if V.shape != points.shape:
+        raise ValueError(f"f must map points of shape (m, 2) to shape (m, 2), got {V.shape}")
+    U, W = V[:, 0].reshape(X.shape), V[:, 1].reshape(X.shape)
+    speed = np.hypot(U, W)
+    kwargs.setdefault("linewidth", 0.8)
+    kwargs.setdefault("density", 1.2)
+    # The darker, the faster; the slowest lines stay light grey rather than white.
+    kwargs.setdefault("norm", mcolors.Normalize(vmin=-0.4 * speed.max(), vmax=speed.max()))
+    artist = ax.streamplot(X, Y, U, W, color=speed, cmap=cmap, **kwargs)
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    ax.set_aspect("equal")
+    return artist
+
+
+def trajectories(ax, ys, *, color="C0", start_marker: str = "o", **kwargs):
+    """Planar solution curves ``ys`` of shape ``(k, m, 2)`` (k curves of m points each).
+
+    Draws them as one :class:`~matplotlib.collections.LineCollection` (returned) and
+    marks each curve's first point with ``start_marker`` (``""`` for none).
+    """
+    ys = np.asarray(ys, dtype=np.float64)
+    if ys.ndim != 3 or ys.shape[-1] != 2:
+        raise ValueError(f"ys must have shape (k, m, 2), got {ys.shape}")
+    kwargs.setdefault("linewidth", 1.8)
+    lines = mcoll.LineCollection(list(ys), colors=color, **kwargs)
+    ax.add_collection(lines)
+    if start_marker:
+        ax.plot(ys[:, 0, 0], ys[:, 0, 1], start_marker, color=color, markersize=4)
+    return lines
+
+
+def power_law_guide(ax, hs, order: float, through, **kwargs):
+    """A straight guide line ``C h**order`` on a log-log plot, through the point ``through``.
+
+    ``hs`` are the abscissae it spans; ``through = (h0, e0)`` fixes ``C = e0 / h0**order``.
+    Returns the :class:`~matplotlib.lines.Line2D`. Dashed and grey unless told otherwise.
+    """
+    hs = np.asarray(hs, dtype=np.float64)
+    if hs.ndim != 1 or hs.size < 2 or np.any(hs <= 0):
+        raise ValueError("hs must be a 1-D array of at least two positive step sizes")
+    h0, e0 = (float(v) for v in through)
+    if h0 <= 0 or e0 <= 0:
+        raise ValueError(f"through must be a point (h0, e0) with h0, e0 > 0, got {through!r}")
+    kwargs.setdefault("linestyle", "--")
+    kwargs.setdefault("color", "0.5")
+    kwargs.setdefault("linewidth", 1.0)
+    (line,) = ax.loglog(hs, e0 * (hs / h0) ** order, **kwargs)
+    return line
+
+
+# ------------------------------------------------------- SDE paths and samples (chapters 2, 3)
+
+
+def paths_and_histogram(
+    ax_paths,
+    ax_hist,
+    ts,
+    xs,
+    *,
+    n_paths: int = 30,
+    bins: int = 60,
+    density: Callable | None = None,
+    color="C0",
+):
+    """Sample paths of a scalar SDE and the histogram of their values at the last time.
+
+    ``ts`` has shape ``(m,)`` and ``xs`` shape ``(n, m)``: ``n`` paths at ``m`` times.
+    Draws the first ``n_paths`` paths thinly on ``ax_paths`` and a horizontal density
+    histogram of all ``n`` final values ``xs[:, -1]`` on ``ax_hist`` (give it
+    ``sharey=ax_paths``). ``density``, a callable ``x -> p(x)`` on a NumPy grid, is
+    drawn over the histogram in black. Returns ``(lines, patches)``.
+    """
+    ts = np.asarray(ts, dtype=np.float64)
+    xs = np.asarray(xs, dtype=np.float64)
+    if ts.ndim != 1 or xs.ndim != 2 or xs.shape[1] != ts.shape[0]:
+        raise ValueError(f"xs must have shape (n, {ts.shape[0]}) to match ts of shape {ts.shape}, got {xs.shape}")
+    if not (isinstance(n_paths, (int, np.integer)) and n_paths >= 1):
+        raise ValueError(f"n_paths must be a positive integer, got {n_paths!r}")
+    segments = [np.stack([ts, x], axis=-1) for x in xs[:n_paths]]
+    lines = mcoll.LineCollection(segments, colors=color, linewidths=0.6, alpha=0.6)
+    ax_paths.add_collection(lines)
+    ax_paths.set_xlim(ts[0], ts[-1])
+    lo, hi = np.percentile(xs, [0.1, 99.9])
+    pad = 0.05 * (hi - lo)
+    ax_paths.set_ylim(lo - pad, hi + pad)
+    _, _, patches = ax_hist.hist(
+        xs[:, -1], bins=bins, density=True, orientation="horizontal", color=color, alpha=0.5
+    )
+    if density is not None:
+        grid = np.linspace(lo - pad, hi + pad, 400)
+        ax_hist.plot(np.asarray(density(grid), dtype=np.float64), grid, color="k", linewidth=1.2)
+    ax_hist.tick_params(labelleft=False)
+    return lines, patches
+
+
+def sample_panels(axes, samples, titles=None, *, lim=(-4.0, 4.0), color="C0", s: float = 1.5, alpha: float = 0.4):
+    """Small multiples of 2-D samples: one scatter per axis, on the same square box.
+
+    ``samples`` is a sequence (or an array of shape ``(k, n, 2)``) with one ``(n, 2)``
+    array per axis of ``axes``; ``titles`` an optional sequence of strings. Returns the
+    list of scatter artists.
+    """
+    axes = list(np.ravel(axes))
+    if len(samples) != len(axes):
+        raise ValueError(f"samples: expected {len(axes)} arrays, one per axis, got {len(samples)}")
+    if titles is not None and len(titles) != len(axes):
+        raise ValueError(f"titles: expected {len(axes)} strings, one per axis, got {len(titles)}")
+    lo, hi = _as_limits(lim, "lim")
+    artists = []
+    for i, (ax, x) in enumerate(zip(axes, samples)):
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != 2:
+            raise ValueError(f"samples[{i}] must have shape (n, 2), got {x.shape}")
+        artists.append(ax.scatter(x[:, 0], x[:, 1], s=s, alpha=alpha, color=color, linewidths=0))
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=9)
+    return artists
+
+
+def density_contours(ax, log_prob: Callable, lim=(-4.0, 4.0), *, n: int = 120, levels: int = 6, **kwargs):
+    """Contours of a 2-D density given by ``log_prob``, a map from ``(m, 2)`` points to
+    ``(m,)`` log densities, on the square box ``lim`` x ``lim``. Levels are spaced evenly
+    between 2% and 90% of the largest density on the box (grey lines unless told
+    otherwise). Returns the contour set."""
+    lo, hi = _as_limits(lim, "lim")
+    if not (isinstance(n, (int, np.integer)) and n >= 2):
+        raise ValueError(f"n must be an integer >= 2, got {n!r}")
+    X, Y = np.meshgrid(np.linspace(lo, hi, n), np.linspace(lo, hi, n))
+    points = np.stack([X.ravel(), Y.ravel()], axis=-1)
+    P = np.exp(np.asarray(log_prob(points), dtype=np.float64)).reshape(X.shape)
+    kwargs.setdefault("colors", "0.35")
+    kwargs.setdefault("linewidths", 0.7)
+    return ax.contour(X, Y, P, levels=np.linspace(0.02, 0.9, levels) * P.max(), **kwargs)

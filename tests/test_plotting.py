@@ -1,0 +1,90 @@
+"""companion.plotting: artists come back, data land where they should, bad input is named."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.collections as mcoll  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from companion import plotting  # noqa: E402
+
+
+@pytest.fixture
+def ax():
+    fig, ax = plt.subplots()
+    yield ax
+    plt.close(fig)
+
+
+def rotation(points):
+    return np.stack([-points[:, 1], points[:, 0]], axis=-1)
+
+
+def test_vector_field_draws_stream_lines_on_the_given_box(ax):
+    calls = []
+
+    def f(points):
+        calls.append(points.shape)
+        return rotation(points)
+
+    art = plotting.vector_field(ax, f, (-1, 2), (-3, 1), n=11)
+    assert calls == [(121, 2)]  # one call, on the whole grid
+    assert isinstance(art.lines, mcoll.LineCollection) and len(art.lines.get_segments()) > 0
+    assert ax.get_xlim() == (-1, 2) and ax.get_ylim() == (-3, 1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [({"xlim": (1, 0)}, "xlim"), ({"ylim": (0, 1, 2)}, "ylim"), ({"n": 1}, "n")],
+)
+def test_vector_field_names_bad_arguments(ax, kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        plotting.vector_field(ax, rotation, **kwargs)
+
+
+def test_vector_field_rejects_a_field_of_the_wrong_shape(ax):
+    with pytest.raises(ValueError, match="f must map"):
+        plotting.vector_field(ax, lambda p: p[:, 0], n=5)
+
+
+def test_trajectories_draws_every_curve_and_marks_starts(ax):
+    t = np.linspace(0, 1, 20)
+    ys = np.stack([np.stack([np.cos(t + a), np.sin(t + a)], -1) for a in (0.0, 1.0, 2.0)])
+    lines = plotting.trajectories(ax, ys, color="C3")
+    assert len(lines.get_segments()) == 3
+    np.testing.assert_allclose(lines.get_segments()[1], ys[1])
+    (starts,) = ax.get_lines()
+    np.testing.assert_allclose(starts.get_xdata(), ys[:, 0, 0])
+
+
+def test_trajectories_without_start_markers(ax):
+    plotting.trajectories(ax, np.zeros((2, 5, 2)), start_marker="")
+    assert ax.get_lines() == []
+
+
+@pytest.mark.parametrize("shape", [(5, 2), (2, 5, 3)])
+def test_trajectories_rejects_bad_shapes(ax, shape):
+    with pytest.raises(ValueError, match="ys"):
+        plotting.trajectories(ax, np.zeros(shape))
+
+
+def test_power_law_guide_has_the_requested_slope_through_the_point(ax):
+    hs = np.geomspace(1e-3, 1e-1, 5)
+    line = plotting.power_law_guide(ax, hs, 3.0, through=(1e-2, 2e-4))
+    x, y = line.get_xdata(), line.get_ydata()
+    slope = np.polyfit(np.log(x), np.log(y), 1)[0]
+    assert slope == pytest.approx(3.0)
+    assert np.interp(np.log(1e-2), np.log(x), np.log(y)) == pytest.approx(np.log(2e-4))
+    assert line.get_linestyle() == "--"
+
+
+@pytest.mark.parametrize(
+    "hs, through, name",
+    [([0.1], (0.1, 1.0), "hs"), ([0.1, -0.2], (0.1, 1.0), "hs"), ([0.1, 0.2], (0.1, 0.0), "through")],
+)
+def test_power_law_guide_names_bad_arguments(ax, hs, through, name):
+    with pytest.raises(ValueError, match=name):
+        plotting.power_law_guide(ax, hs, 1.0, through=through)
