@@ -126,7 +126,8 @@ def paths_and_histogram(
     lines = mcoll.LineCollection(segments, colors=color, linewidths=0.6, alpha=0.6)
     ax_paths.add_collection(lines)
     ax_paths.set_xlim(ts[0], ts[-1])
-    lo, hi = np.percentile(xs, [0.1, 99.9])
+    shown = np.concatenate([xs[:n_paths].ravel(), xs[:, -1]])
+    lo, hi = np.percentile(shown, [0.1, 99.9])
     pad = 0.05 * (hi - lo)
     ax_paths.set_ylim(lo - pad, hi + pad)
     _, _, patches = ax_hist.hist(

@@ -147,6 +147,19 @@ class LinearSDE:
         z = jax.random.normal(key, x0.shape, x0.dtype)
         return mean + batch_broadcast(std, x0) * z, z
 
+    def transition(self, s, t):
+        """Coefficients ``(r, q)`` of the exact one-step transition from time ``s`` to ``t >= s``.
+
+        ``x_t = r x_s + q z`` with ``z ~ N(0, I)``, where r = m(t) / m(s) and
+        q^2 = s(t)^2 - r^2 s(s)^2 (the moment equations of chapter 2 started at ``s``).
+        This is the discretised forward SDE that the reverse-diffusion predictor and the
+        Langevin corrector of chapter 3 use: for VE, q^2 = sigma(t)^2 - sigma(s)^2; for
+        VP, r^2 = 1 - q^2 = exp(-(B(t) - B(s))), one step of a DDPM chain.
+        """
+        r = self.mean_coefficient(t) / self.mean_coefficient(s)
+        q2 = self.kernel_std(t) ** 2 - r**2 * self.kernel_std(s) ** 2
+        return r, jnp.sqrt(jnp.maximum(q2, 0.0))
+
     def prior_std(self):
         """Standard deviation of the prior p_T: the kernel at T started from x_0 = 0."""
         return self.kernel_std(self.T)

@@ -88,3 +88,46 @@ def test_power_law_guide_has_the_requested_slope_through_the_point(ax):
 def test_power_law_guide_names_bad_arguments(ax, hs, through, name):
     with pytest.raises(ValueError, match=name):
         plotting.power_law_guide(ax, hs, 1.0, through=through)
+
+
+# ------------------------------------------------ SDE paths and samples (chapters 2 and 3)
+
+
+def test_paths_and_histogram_draws_paths_and_final_values():
+    fig, (ax_p, ax_h) = plt.subplots(1, 2, sharey=True)
+    ts = np.linspace(0.0, 1.0, 11)
+    xs = np.cumsum(np.random.default_rng(0).normal(size=(50, 11)), axis=1)
+    lines, patches = plotting.paths_and_histogram(ax_p, ax_h, ts, xs, n_paths=7, bins=12,
+                                                  density=lambda x: np.exp(-(x**2) / 2))
+    assert isinstance(lines, mcoll.LineCollection) and len(lines.get_segments()) == 7
+    assert len(patches) == 12
+    heights = np.array([p.get_width() for p in patches])  # horizontal bars: density on the x axis
+    assert np.sum(heights * np.diff(np.histogram_bin_edges(xs[:, -1], 12))) == pytest.approx(1.0)
+    assert len(ax_h.lines) == 1
+    plt.close(fig)
+
+
+def test_paths_and_histogram_rejects_mismatched_shapes():
+    fig, (ax_p, ax_h) = plt.subplots(1, 2)
+    with pytest.raises(ValueError, match="xs"):
+        plotting.paths_and_histogram(ax_p, ax_h, np.linspace(0, 1, 5), np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="n_paths"):
+        plotting.paths_and_histogram(ax_p, ax_h, np.linspace(0, 1, 5), np.zeros((3, 5)), n_paths=0)
+    plt.close(fig)
+
+
+def test_sample_panels_and_density_contours():
+    fig, axes = plt.subplots(1, 3)
+    samples = [np.random.default_rng(i).normal(size=(20, 2)) for i in range(3)]
+    artists = plotting.sample_panels(axes, samples, ["a", "b", "c"], lim=(-3, 3))
+    assert len(artists) == 3 and axes[1].get_title() == "b"
+    assert axes[2].get_xlim() == (-3.0, 3.0)
+    cs = plotting.density_contours(axes[0], lambda p: -0.5 * np.sum(p**2, axis=1), (-3, 3), n=30, levels=4)
+    assert len(cs.levels) == 4
+    with pytest.raises(ValueError, match="samples"):
+        plotting.sample_panels(axes, samples[:2])
+    with pytest.raises(ValueError, match="titles"):
+        plotting.sample_panels(axes, samples, ["a"])
+    with pytest.raises(ValueError, match=r"samples\[0\]"):
+        plotting.sample_panels(axes, [np.zeros((5, 3))] * 3)
+    plt.close(fig)

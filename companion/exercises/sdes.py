@@ -1,0 +1,245 @@
+"""Hidden tests of the exercises of chapter 2 (SDEs).
+
+* ``euler_maruyama_step(f, g, x, t, h, z)``: one Euler-Maruyama step with a given normal
+  draw, Eq. (eq-euler-maruyama), chapter 2.
+* ``ve_diffusion(t, sigma_min, sigma_max)``: g(t) of the VE SDE, Eq. (eq-ve-sde).
+* ``vp_kernel(x0, t, beta_min, beta_max)``: mean and std of the VP perturbation kernel,
+  Eq. (eq-vp-sde).
+
+Inputs come from a fixed NumPy seed; references are computed in float64. Messages name
+the case and say how the answer is wrong, never what the right value is.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from companion.exercises._core import Mismatch, as_array, exercise, expect_close
+
+# ----------------------------------------------------------------------------- references
+
+
+def _euler_maruyama_step(f, g, x, t, h, z):
+    """Reference: x + f(x, t) h + g(t) sqrt(h) z."""
+    return x + f(x, t) * h + g(t) * jnp.sqrt(h) * z
+
+
+def _ve_diffusion(t, sigma_min, sigma_max):
+    """Reference: sigma(t) sqrt(2 log(sigma_max / sigma_min)), sigma(t) = sigma_min r^t."""
+    t = np.asarray(t, dtype=np.float64)
+    sigma = sigma_min * (sigma_max / sigma_min) ** t
+    return sigma * np.sqrt(2 * np.log(sigma_max / sigma_min))
+
+
+def _vp_kernel(x0, t, beta_min, beta_max):
+    """Reference: mean exp(-B/2) x0, std sqrt(1 - exp(-B)), B(t) = beta_min t + t^2 (beta_max - beta_min)/2."""
+    x0 = np.asarray(x0, dtype=np.float64)
+    t = np.asarray(t, dtype=np.float64)
+    big_b = beta_min * t + 0.5 * t**2 * (beta_max - beta_min)
+    coef = np.exp(-0.5 * big_b)
+    mean = (coef[:, None] if coef.ndim == 1 else coef) * x0
+    return mean, np.sqrt(-np.expm1(-big_b))
+
+
+def _close(a, b, rtol, atol) -> bool:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return a.shape == b.shape and bool(np.all(np.isfinite(a))) and bool(np.allclose(a, b, rtol=rtol, atol=atol))
+
+
+# --------------------------------------------------------------------- euler_maruyama_step
+
+
+def _em_cases():
+    """(label, f, g, x, t, h, z): float32 states, drifts and diffusions that depend on t.
+
+    h is between 0.01 and 0.2, so sqrt(h) and h differ by a factor 1.4 to 10, and g(t)
+    and g(t + h) differ by at least ~1%: the mistakes below move the answer far more
+    than the tolerance.
+    """
+    rng = np.random.default_rng(20210202)
+
+    def draw(*shape):
+        return jnp.asarray(rng.normal(size=shape), dtype=jnp.float32)
+
+    def ou(x, t):
+        return -2.0 * x
+
+    def forced(x, t):
+        return -3.0 * (x - jnp.cos(2 * jnp.pi * t))
+
+    def nonlinear(x, t):
+        return jnp.sin(x) - 0.5 * x * t
+
+    g_const = lambda t: 1.0
+    g_growing = lambda t: 0.5 + 2.0 * t
+    g_vp = lambda t: jnp.sqrt(0.1 + 19.9 * t)
+
+    def t_h():
+        return float(rng.uniform(0.1, 1.0)), float(rng.uniform(0.01, 0.2))
+
+    cases = []
+    for label, f, g, shape in [
+        ("Ornstein-Uhlenbeck drift, g constant, x of shape ()", ou, g_growing, ()),
+        ("forced drift, g growing with t, x of shape (5,)", forced, g_growing, (5,)),
+        ("nonlinear drift, g of the VP SDE, a batch x of shape (6, 2)", nonlinear, g_vp, (6, 2)),
+        ("no drift to speak of (g constant), x of shape (4,)", lambda x, t: 0.0 * x, g_const, (4,)),
+    ]:
+        cases.append((label, f, g, draw(*shape), *t_h(), draw(*shape)))
+    return cases
+
+
+# float32 arithmetic on values of size <= ~10: agreement to ~1e-6; wrong answers are off
+# by at least ~1e-2 (a factor sqrt(h) vs h on noise of size ~1, a missing drift term).
+_EM_RTOL, _EM_ATOL = 1e-5, 1e-5
+
+
+def _diagnose_em(arr, f, g, x, t, h, z):
+    def near(v):
+        return _close(arr, v, _EM_RTOL, _EM_ATOL)
+
+    x, z = np.asarray(x, np.float64), np.asarray(z, np.float64)
+    fx, gt = np.asarray(f(x, t), np.float64), float(g(t))
+    if near(x + fx * h + gt * h * z):
+        return "the noise is scaled by h; a Brownian increment over a step h has standard deviation sqrt(h)"
+    if near(x + fx * h + gt * z):
+        return "the noise is not scaled by the step at all"
+    if near(x + fx * h + gt**2 * np.sqrt(h) * z):
+        return "the noise is multiplied by g(t)^2; the SDE multiplies dw by g(t)"
+    if near(x + fx + gt * np.sqrt(h) * z):
+        return "the drift is not multiplied by the step h"
+    if near(x + fx * h):
+        return "there is no noise term"
+    if near(fx * h + gt * np.sqrt(h) * z):
+        return "this is the change of x over the step, not the new state"
+    return None
+
+
+@exercise(
+    "euler_maruyama_step",
+    chapter=2,
+    hint=(
+        "Chapter 1's Euler step for the drift (slope times h), plus the Brownian increment "
+        "times g at the start of the step; the increment over a step h is sqrt(h) times a "
+        "standard normal, and z is that standard normal. Return the new state, shaped like x."
+    ),
+    reference=_euler_maruyama_step,
+)
+def _test_euler_maruyama_step(fn):
+    for label, f, g, x, t, h, z in _em_cases():
+        want = np.asarray(_euler_maruyama_step(f, g, x, t, h, z), dtype=np.float64)
+        what = f"case '{label}'"
+        arr = as_array(fn(f, g, x, t, h, z), what)
+        if arr.shape == want.shape and np.all(np.isfinite(arr)) and not _close(arr, want, _EM_RTOL, _EM_ATOL):
+            late_g = np.asarray(x + f(x, t) * h + g(t + h) * np.sqrt(h) * z, np.float64)
+            if float(g(t + h)) != float(g(t)) and _close(arr, late_g, _EM_RTOL, _EM_ATOL):
+                raise Mismatch(f"{what}: g is evaluated at the end of the step; Euler-Maruyama uses the start")
+            msg = _diagnose_em(arr, f, g, x, t, h, z)
+            if msg:
+                raise Mismatch(f"{what}: {msg}")
+        expect_close(arr, want, what=what, rtol=_EM_RTOL, atol=_EM_ATOL)
+
+
+# ---------------------------------------------------------------------------- ve_diffusion
+
+
+def _ve_cases():
+    rng = np.random.default_rng(20210203)
+    return [
+        ("t = 0.5, sigma in [0.01, 50] (the course's VE)", 0.5, 0.01, 50.0),
+        ("t = 1, sigma in [0.01, 50]", 1.0, 0.01, 50.0),
+        ("a vector of 7 times, sigma in [0.01, 50]", rng.uniform(0.0, 1.0, size=7), 0.01, 50.0),
+        ("a vector of 5 times as float32, sigma in [0.1, 5]",
+         jnp.asarray(rng.uniform(0.0, 1.0, size=5), jnp.float32), 0.1, 5.0),
+        ("t = 0, sigma in [0.002, 80]", 0.0, 0.002, 80.0),
+    ]
+
+
+# g is computed with exp and log of moderate numbers (log r <= 11): float32 gives ~1e-6
+# relative; the mistakes (a factor sqrt(2), log10, sigma(t) alone, g^2) are >= 40% off.
+_VE_RTOL, _VE_ATOL = 1e-5, 1e-8
+
+
+@exercise(
+    "ve_diffusion",
+    chapter=2,
+    hint=(
+        "With sigma(t) = sigma_min (sigma_max / sigma_min)^t, the VE SDE needs "
+        "g(t)^2 = d[sigma(t)^2]/dt. Differentiate sigma(t)^2 = sigma_min^2 r^(2t) with "
+        "respect to t (the natural log appears), then take the square root."
+    ),
+    reference=_ve_diffusion,
+)
+def _test_ve_diffusion(fn):
+    for label, t, lo, hi in _ve_cases():
+        want = _ve_diffusion(t, lo, hi)
+        what = f"case '{label}'"
+        arr = as_array(fn(t, lo, hi), what)
+        if arr.shape == want.shape and np.all(np.isfinite(arr)) and not _close(arr, want, _VE_RTOL, _VE_ATOL):
+            sigma = lo * (hi / lo) ** np.asarray(t, np.float64)
+            if _close(arr, sigma, _VE_RTOL, _VE_ATOL):
+                raise Mismatch(f"{what}: this is sigma(t), the noise level; g(t) is the rate at which its square grows")
+            if _close(arr, want**2, _VE_RTOL, _VE_ATOL):
+                raise Mismatch(f"{what}: this looks like g(t)^2; take the square root")
+            if _close(arr, want / np.sqrt(2), _VE_RTOL, _VE_ATOL):
+                raise Mismatch(f"{what}: off by a factor sqrt(2): d/dt of r^(2t) brings down 2 log r")
+        expect_close(arr, want, what=what, rtol=_VE_RTOL, atol=_VE_ATOL)
+
+
+# ------------------------------------------------------------------------------- vp_kernel
+
+
+def _vp_cases():
+    rng = np.random.default_rng(20210204)
+
+    def draw(*shape):
+        return jnp.asarray(rng.normal(size=shape), dtype=jnp.float32)
+
+    times = jnp.asarray(rng.uniform(0.05, 1.0, size=6), jnp.float32)
+    return [
+        ("x0 of shape (4, 2), t = 0.3, beta in [0.1, 20]", draw(4, 2), 0.3, 0.1, 20.0),
+        ("x0 of shape (3, 5), t = 1, beta in [0.1, 20]", draw(3, 5), 1.0, 0.1, 20.0),
+        ("x0 of shape (6, 2), one time per sample, beta in [0.1, 20]", draw(6, 2), times, 0.1, 20.0),
+        ("x0 of shape (5, 3), t = 0.7, beta in [1, 5]", draw(5, 3), 0.7, 1.0, 5.0),
+        ("x0 of shape (2, 1), t = 0.05, constant beta = 2", draw(2, 1), 0.05, 2.0, 2.0),
+    ]
+
+
+# exp/sqrt of B in [0.005, 10] in float32: ~1e-5 relative at worst for 1 - exp(-B) at the
+# smallest B (cancellation); the mistakes (sub-VP std, exp(-B) without the 1/2, B = beta(t) t,
+# the variance instead of the std) are >= 5% off on these cases.
+_VP_RTOL, _VP_ATOL = 1e-4, 1e-6
+
+
+@exercise(
+    "vp_kernel",
+    chapter=2,
+    hint=(
+        "B(t) is the integral of beta(u) = beta_min + u (beta_max - beta_min) from 0 to t. The "
+        "moment equations with A = -beta/2 give the mean factor exp(-B/2) and the variance "
+        "1 - exp(-B); return the standard deviation. With one time per sample, the mean "
+        "factor must broadcast along the first axis of x0."
+    ),
+    reference=_vp_kernel,
+)
+def _test_vp_kernel(fn):
+    for label, x0, t, lo, hi in _vp_cases():
+        want_mean, want_std = _vp_kernel(x0, t, lo, hi)
+        what = f"case '{label}'"
+        got = fn(x0, t, lo, hi)
+        if not isinstance(got, (tuple, list)) or len(got) != 2:
+            raise Mismatch(f"{what}: expected a pair (mean, std), got {type(got).__name__}")
+        mean, std = as_array(got[0], what + ", mean"), as_array(got[1], what + ", std")
+        t64 = np.asarray(t, np.float64)
+        big_b = lo * t64 + 0.5 * t64**2 * (hi - lo)
+        if std.shape == want_std.shape and not _close(std, want_std, _VP_RTOL, _VP_ATOL):
+            if _close(std, want_std**2, _VP_RTOL, _VP_ATOL):
+                raise Mismatch(f"{what}, std: this looks like the variance; return its square root")
+            if _close(std, 1 - np.exp(-big_b), _VP_RTOL, _VP_ATOL):
+                raise Mismatch(f"{what}, std: this is the sub-VP kernel's std, not the VP one's")
+        if mean.shape == want_mean.shape and not _close(mean, want_mean, _VP_RTOL, _VP_ATOL):
+            coef = np.exp(-big_b)
+            if _close(mean, (coef[:, None] if coef.ndim == 1 else coef) * np.asarray(x0), _VP_RTOL, _VP_ATOL):
+                raise Mismatch(f"{what}, mean: the mean factor is exp(-B/2), the square root of the variance factor")
+        expect_close(mean, want_mean, what=what + ", mean", rtol=_VP_RTOL, atol=_VP_ATOL)
+        expect_close(std, want_std, what=what + ", std", rtol=_VP_RTOL, atol=_VP_ATOL)

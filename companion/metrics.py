@@ -1,0 +1,199 @@
+"""Two-sample distances: how far are generated samples from data samples?
+
+Two finite samples of the *same* distribution are never at distance zero, so a distance
+between generated samples and data means something only next to the value that two
+independent data samples of the same size give: the *two-sample floor*
+(:func:`two_sample_floor`). The chapters report both.
+
+- :func:`sliced_wasserstein`: the sliced p-Wasserstein distance
+  SW_p(a, b) = (E_theta W_p^p(theta . a, theta . b))^(1/p) over random unit directions
+  theta (Bonneel et al. 2015), each 1-D distance from sorted projections (quantile
+  functions when the sample sizes differ). ``p = 1`` by default: W_2 is dominated by the
+  few points that land in the near-empty gaps between modes, which makes it a noisier
+  judge of a sampler. Units of x; 0 only when every projection agrees.
+- :func:`mmd`: the squared maximum mean discrepancy with a Gaussian kernel, unbiased
+  estimator (so it can be slightly negative), median-heuristic bandwidth by default.
+
+Measured floors on ``toy.four_gaussians_2d()`` (two independent samples of n points each,
+mean +- standard deviation over 50 pairs, ``n_projections=128``, ``p=1``;
+``tests/test_metrics.py`` re-measures them):
+
+==========  ===========================  ================================
+n           sliced_wasserstein floor      mmd floor
+==========  ===========================  ================================
+1000        0.098 +- 0.031               0.0001 +- 0.0006
+4000        0.048 +- 0.014
+10000       0.030 +- 0.010
+==========  ===========================  ================================
+
+The SW floor shrinks like n^(-1/2); most of it is binomial noise in how many points
+fall in each mode, times the distance between modes (4). The unbiased MMD^2 is 0 on
+average at every n and its spread shrinks like 1/n.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["sliced_wasserstein", "mmd", "median_bandwidth", "two_sample_floor", "Floor"]
+
+
+def _check_pair(a, b):
+    """Both samples as float NumPy arrays of shape (n, D) (non-batch axes flattened)."""
+    a, b = np.asarray(a), np.asarray(b)
+    for name, v in (("a", a), ("b", b)):
+        if v.ndim < 2 or v.shape[0] < 2:
+            raise ValueError(f"{name}: expected shape (n, *dims) with n >= 2, got {v.shape}")
+        if not np.issubdtype(v.dtype, np.floating):
+            raise TypeError(f"{name}: expected a floating-point array, got dtype {v.dtype}")
+        if np.isnan(v).any():
+            raise ValueError(f"{name}: contains NaN")
+    if a.shape[1:] != b.shape[1:]:
+        raise ValueError(f"b: expected samples of shape {a.shape[1:]} like a, got {b.shape[1:]}")
+    dtype = np.result_type(a.dtype, b.dtype)
+    return a.reshape(a.shape[0], -1).astype(dtype), b.reshape(b.shape[0], -1).astype(dtype)
+
+
+def _quantiles(sorted_x, levels):
+    """Empirical quantile functions of the sorted columns of ``sorted_x`` at ``levels`` in
+    (0, 1), interpolating between the order statistics placed at (i + 1/2) / n."""
+    n = sorted_x.shape[0]
+    pos = levels * n - 0.5
+    lo = np.clip(np.floor(pos).astype(np.int64), 0, n - 1)
+    hi = np.clip(lo + 1, 0, n - 1)
+    frac = np.clip(pos - lo, 0.0, 1.0)[:, None]
+    return (1 - frac) * sorted_x[lo] + frac * sorted_x[hi]
+
+
+def _sliced(directions, a, b, p):
+    # NumPy (float64): its sort is much faster than XLA's on a CPU, and a metric needs no jit
+    pa = np.sort(a @ directions.T, axis=0)  # (n_a, P): one sorted column per direction
+    pb = np.sort(b @ directions.T, axis=0)
+    if pa.shape[0] != pb.shape[0]:
+        m = max(pa.shape[0], pb.shape[0])
+        levels = (np.arange(m) + 0.5) / m
+        pa, pb = _quantiles(pa, levels), _quantiles(pb, levels)
+    # W_p^p of each 1-D pair is the mean of |quantile differences|^p; average over directions
+    return float(np.mean(np.abs(pa - pb) ** p) ** (1 / p))
+
+
+def sliced_wasserstein(key, a, b, n_projections: int = 128, p: int = 1):
+    """Sliced p-Wasserstein distance between samples ``a`` (n, *dims) and ``b`` (m, *dims).
+
+    Projects both samples on ``n_projections`` directions drawn uniformly on the unit
+    sphere (from ``key``), computes each 1-D W_p by matching sorted values (quantile
+    functions interpolated at max(n, m) levels when the sizes differ) and returns
+    (mean over directions of W_p^p)^(1/p), a Python float in the units of x (computed in
+    float64 with NumPy). ``p = 1`` (the default) or ``p = 2``.
+
+    Two samples of the same distribution give the two-sample floor, not 0. On the 2-D
+    four-Gaussian mixture, p = 1: 0.098 +- 0.031 at n = 1000, 0.048 +- 0.014 at n = 4000
+    and 0.030 +- 0.010 at n = 10000 (module docstring).
+    """
+    a, b = _check_pair(a, b)
+    if isinstance(n_projections, bool) or not isinstance(n_projections, numbers.Integral) or n_projections < 1:
+        raise ValueError(f"n_projections: expected an int >= 1, got {n_projections!r}")
+    if isinstance(p, bool) or p not in (1, 2):
+        raise ValueError(f"p: expected 1 or 2, got {p!r}")
+    d = a.shape[1]
+    v = np.asarray(jax.random.normal(key, (int(n_projections), d)), dtype=np.float64)
+    directions = v / np.linalg.norm(v, axis=1, keepdims=True)
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return _sliced(directions, a, b, int(p))
+
+
+def _sq_dists(x, y):
+    return jnp.maximum(
+        jnp.sum(x**2, 1)[:, None] + jnp.sum(y**2, 1)[None, :] - 2 * x @ y.T, 0.0
+    )
+
+
+def median_bandwidth(a, b, max_points: int = 500):
+    """The median heuristic: the median distance between distinct points of the pooled
+    sample (the first ``max_points`` of each sample, to bound the cost). NumPy: its
+    median is a selection, not a sort."""
+    a, b = _check_pair(a, b)
+    z = np.concatenate([a[:max_points], b[:max_points]]).astype(np.float64)
+    sq = np.sum(z**2, axis=1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * z @ z.T, 0.0)
+    i, j = np.triu_indices(z.shape[0], k=1)
+    return float(np.median(np.sqrt(d2[i, j])))
+
+
+@jax.jit
+def _mmd2(a, b, bandwidth):
+    gamma = 1.0 / (2 * bandwidth**2)
+    n, m = a.shape[0], b.shape[0]
+    kaa = jnp.exp(-gamma * _sq_dists(a, a))
+    kbb = jnp.exp(-gamma * _sq_dists(b, b))
+    kab = jnp.exp(-gamma * _sq_dists(a, b))
+    # unbiased: leave out the diagonal k(x_i, x_i) = 1 terms
+    saa = (jnp.sum(kaa) - n) / (n * (n - 1))
+    sbb = (jnp.sum(kbb) - m) / (m * (m - 1))
+    return saa + sbb - 2 * jnp.mean(kab)
+
+
+def mmd(a, b, bandwidth=None):
+    """Unbiased squared MMD between samples ``a`` (n, *dims) and ``b`` (m, *dims).
+
+    Kernel k(x, y) = exp(-||x - y||^2 / (2 h^2)); ``bandwidth`` h defaults to the median
+    heuristic (:func:`median_bandwidth`). The unbiased estimator leaves out the i = j
+    terms, so two samples of the same distribution give 0 on average and can give a
+    slightly negative value: on the 2-D four-Gaussian mixture, 0.0001 +- 0.0006 at
+    n = 1000 (module docstring). Memory grows like (n + m)^2.
+    """
+    a, b = _check_pair(a, b)
+    if bandwidth is None:
+        bandwidth = median_bandwidth(a, b)
+    else:
+        if isinstance(bandwidth, bool) or not isinstance(bandwidth, numbers.Real) or not (0 < bandwidth < math.inf):
+            raise ValueError(f"bandwidth: expected a finite positive number or None, got {bandwidth!r}")
+    return _mmd2(jnp.asarray(a), jnp.asarray(b), float(bandwidth))
+
+
+class Floor(NamedTuple):
+    """The two-sample floor of a distance: mean and standard deviation over repeats."""
+
+    mean: float
+    std: float
+
+
+def two_sample_floor(
+    key,
+    sample: Callable[[jax.Array, int], jax.Array],
+    n: int,
+    *,
+    metric: str = "sliced_wasserstein",
+    n_repeats: int = 10,
+    n_projections: int = 128,
+) -> Floor:
+    """The value a distance takes between two independent samples of one distribution.
+
+    ``sample(key, n)`` draws ``n`` points (e.g. ``mix.sample``). Draws ``n_repeats``
+    independent pairs of size ``n`` and returns ``Floor(mean, std)`` of
+    ``metric`` ("sliced_wasserstein" or "mmd") over them: what "indistinguishable from
+    the data at this n" means for that metric.
+    """
+    if metric not in ("sliced_wasserstein", "mmd"):
+        raise ValueError(f"metric: expected 'sliced_wasserstein' or 'mmd', got {metric!r}")
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 2:
+        raise ValueError(f"n: expected an int >= 2, got {n!r}")
+    if isinstance(n_repeats, bool) or not isinstance(n_repeats, numbers.Integral) or n_repeats < 2:
+        raise ValueError(f"n_repeats: expected an int >= 2, got {n_repeats!r}")
+    draw = jax.jit(sample, static_argnums=1)  # sample(key, n) must be jittable
+    keys = jax.random.split(key, 3 * n_repeats)
+    values = []
+    for i in range(n_repeats):
+        a, b, kp = draw(keys[3 * i], n), draw(keys[3 * i + 1], n), keys[3 * i + 2]
+        if metric == "sliced_wasserstein":
+            values.append(float(sliced_wasserstein(kp, a, b, n_projections)))
+        else:
+            values.append(float(mmd(a, b)))
+    values = np.asarray(values)
+    return Floor(float(values.mean()), float(values.std(ddof=1)))

@@ -1,0 +1,179 @@
+"""companion.toy: mixture density, score and perturbed marginals against closed forms and autodiff."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from companion import sde, toy
+
+SDES = [sde.VE(sigma_min=0.01, sigma_max=50.0), sde.VP(), sde.SubVP()]
+
+
+def random_mixture(seed, K, d):
+    """A random valid mixture: means in [-3, 3], SPD covariances, Dirichlet weights."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(K, d, d))
+    covs = a @ np.swapaxes(a, -1, -2) / d + 0.2 * np.eye(d)
+    return toy.GaussianMixture(rng.uniform(-3, 3, (K, d)), covs, rng.dirichlet(np.ones(K)))
+
+
+def numpy_log_prob(mix, x):
+    """log sum_k w_k N(x; mu_k, Sigma_k) in float64, by the textbook formula."""
+    x = np.asarray(x, np.float64)
+    out = []
+    for mu, cov, w in zip(np.asarray(mix.means, np.float64), np.asarray(mix.covs, np.float64),
+                          np.asarray(mix.weights, np.float64)):
+        diff = x - mu
+        quad = np.einsum("ni,ij,nj->n", diff, np.linalg.inv(cov), diff)
+        out.append(np.log(w) - 0.5 * (quad + np.log(np.linalg.det(cov)) + len(mu) * np.log(2 * np.pi)))
+    out = np.stack(out, 1)
+    top = out.max(1, keepdims=True)
+    return (top + np.log(np.exp(out - top).sum(1, keepdims=True)))[:, 0]
+
+
+@jax.jit
+def _density_and_score(mix, x):
+    """log p, score and autodiff of log p, compiled once per (K, d) (the mixture is a pytree)."""
+    grad = jax.vmap(jax.grad(lambda xi: mix.log_prob(xi[None])[0]))(x)
+    return mix.log_prob(x), mix.score(x), grad, mix.responsibilities(x)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), K=st.sampled_from([1, 2, 4]), d=st.sampled_from([1, 3]))
+def test_log_prob_and_score_of_random_mixtures(seed, K, d):
+    """Density against the textbook formula; score against autodiff of the log density."""
+    mix = random_mixture(seed, K, d)
+    x = jnp.asarray(np.random.default_rng(seed + 1).normal(scale=3, size=(6, d)), jnp.float32)
+    log_p, score, grad, resp = _density_and_score(mix, x)
+    np.testing.assert_allclose(log_p, numpy_log_prob(mix, x), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(score, grad, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(resp.sum(1), 1.0, rtol=1e-5)
+
+
+@jax.jit
+def _perturbed_scores(mix, p, x, t):
+    """exact_score of mix (eigendecomposition), p's score (Cholesky), autodiff of p's log density."""
+    grad = jax.vmap(jax.grad(lambda xi: p.log_prob(xi[None])[0]))(x)
+    return [toy.exact_score(mix, s)(x, t) for s in SDES], p.score(x), grad
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), K=st.sampled_from([1, 3]), d=st.sampled_from([1, 2]),
+       which=st.integers(0, 2), t=st.floats(0.01, 1.0))
+def test_perturbed_mixture_and_exact_score(seed, K, d, which, t):
+    """Eq. (eq-perturbed-mixture): component k becomes N(m mu_k, m^2 Sigma_k + s^2 I); its
+    score (Cholesky) equals exact_score (eigendecomposition) and autodiff of its log density."""
+    mix, s = random_mixture(seed, K, d), SDES[which]
+    p = mix.perturbed(s, t)
+    m, std = float(s.mean_coefficient(t)), float(s.kernel_std(t))
+    np.testing.assert_allclose(p.means, m * np.asarray(mix.means), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(p.covs, m**2 * np.asarray(mix.covs) + std**2 * np.eye(d), rtol=1e-5, atol=1e-6)
+    x = jnp.asarray(np.random.default_rng(seed + 2).normal(scale=3 * max(1, std), size=(5, d)), jnp.float32)
+    exact, score, grad = _perturbed_scores(mix, p, x, jnp.float32(t))
+    scale = 1 + float(jnp.max(jnp.abs(score)))
+    np.testing.assert_allclose(exact[which], score, rtol=1e-3, atol=1e-4 * scale)
+    np.testing.assert_allclose(score, grad, rtol=1e-3, atol=1e-4 * scale)
+
+
+def test_exact_score_with_one_time_per_sample():
+    mix, s = toy.four_gaussians_2d(), SDES[1]
+    x = jax.random.normal(jax.random.key(0), (4, 2)) * 2
+    t = jnp.array([0.05, 0.2, 0.6, 1.0])
+    got = toy.exact_score(mix, s)(x, t)
+    for i in range(4):
+        np.testing.assert_allclose(got[i], mix.perturbed(s, t[i]).score(x[i : i + 1])[0], rtol=1e-4, atol=1e-5)
+
+
+def test_exact_score_under_jit_and_in_float64():
+    mix, s = toy.four_gaussians_2d(), SDES[0]
+    score = toy.exact_score(mix, s)
+    x = jax.random.normal(jax.random.key(1), (8, 2))
+    np.testing.assert_allclose(jax.jit(score)(x, 0.3), score(x, 0.3), rtol=1e-5)
+    with jax.enable_x64(True):
+        x64 = jnp.asarray(np.asarray(x), jnp.float64)
+        out = score(x64, jnp.float64(0.3))
+        assert out.dtype == jnp.float64
+        np.testing.assert_allclose(out, score(x, 0.3), rtol=1e-4)  # float32 agrees to ~1e-6
+
+
+@pytest.mark.parametrize("far", [1e3, 1e5])
+def test_no_nan_far_from_every_mode_in_float32(far):
+    """Far away, every component's density underflows in float32; log-sum-exp keeps the
+    score finite and pointing back to the data (about -(x - nearest mean) / variance)."""
+    mix = toy.four_gaussians_2d()
+    x = jnp.array([[far, far], [-far, 0.0], [0.0, far]], jnp.float32)
+    assert jnp.all(jnp.isfinite(mix.log_prob(x)))
+    sc = mix.score(x)
+    assert jnp.all(jnp.isfinite(sc))
+    assert jnp.all(jnp.sign(sc) == -jnp.sign(jnp.where(x == 0, 0.0, x)))
+    for s in SDES:
+        assert jnp.all(jnp.isfinite(toy.exact_score(mix, s)(x, 1e-3)))
+
+
+def test_sample_moments_and_labels():
+    mix = toy.four_gaussians_2d()
+    n = 40_000
+    x, labels = mix.sample(jax.random.key(2), n, return_labels=True)
+    assert x.shape == (n, 2) and labels.shape == (n,)
+    # the mixture mean is 0 and its covariance 4 I + 0.25 I; 5 standard errors
+    assert jnp.all(jnp.abs(x.mean(0)) < 5 * math.sqrt(4.25 / n))
+    np.testing.assert_allclose(jnp.cov(x.T), 4.25 * np.eye(2), atol=5 * 4.25 * math.sqrt(2 / n))
+    freq = jnp.bincount(labels, length=4) / n
+    assert jnp.all(jnp.abs(freq - 0.25) < 5 * math.sqrt(0.25 * 0.75 / n))
+    # each point lies near the mean of the component that drew it
+    assert float(jnp.mean(jnp.linalg.norm(x - mix.means[labels], axis=1))) < 0.7
+
+
+def test_the_course_data_sets():
+    one = toy.two_gaussians_1d()
+    assert one.dim == 1 and one.n_components == 2
+    np.testing.assert_allclose(one.weights, [0.3, 0.7])
+    four = toy.four_gaussians_2d()
+    assert four.dim == 2 and four.n_components == 4
+    np.testing.assert_allclose(jnp.abs(four.means), 2.0)
+    np.testing.assert_allclose(four.covs, np.tile(0.25 * np.eye(2), (4, 1, 1)))
+
+
+def test_mixtures_are_pytrees():
+    mix = toy.four_gaussians_2d()
+    x = jnp.ones((3, 2))
+    np.testing.assert_allclose(jax.jit(lambda m, x: m.score(x))(mix, x), mix.score(x), rtol=1e-6)
+    leaves = jax.tree_util.tree_leaves(mix)
+    assert len(leaves) == 3
+
+
+@pytest.mark.parametrize(
+    "means, covs, weights, arg",
+    [
+        ([0.0, 1.0], [[[1.0]], [[1.0]]], [0.5, 0.5], "means"),
+        ([[0.0], [1.0]], [[[1.0]]], [0.5, 0.5], "covs"),
+        ([[0.0], [1.0]], [[[1.0]], [[1.0]]], [1.0], "weights"),
+        ([[0.0], [1.0]], [[[1.0]], [[1.0]]], [0.5, 0.6], "weights"),
+        ([[0.0], [1.0]], [[[1.0]], [[1.0]]], [1.5, -0.5], "weights"),
+        ([[0.0, 0.0]], [[[1.0, 0.5], [0.0, 1.0]]], [1.0], "covs"),
+        ([[0.0, 0.0]], [[[1.0, 2.0], [2.0, 1.0]]], [1.0], "covs"),
+        ([[0.0, float("nan")]], [np.eye(2)], [1.0], "means"),
+    ],
+)
+def test_bad_mixtures_raise_value_errors_naming_the_argument(means, covs, weights, arg):
+    with pytest.raises(ValueError, match=arg):
+        toy.GaussianMixture(means, covs, weights)
+
+
+def test_bad_points_and_times_raise():
+    mix = toy.four_gaussians_2d()
+    with pytest.raises(ValueError, match="x"):
+        mix.log_prob(jnp.ones((3, 3)))
+    with pytest.raises(ValueError, match="x"):
+        mix.score(jnp.ones(2))
+    with pytest.raises(ValueError, match="t"):
+        mix.perturbed(SDES[1], jnp.array([0.1, 0.2]))
+    with pytest.raises(ValueError, match="t"):
+        mix.perturbed(SDES[1], 0.0)
+    with pytest.raises(ValueError, match="t"):
+        toy.exact_score(mix, SDES[1])(jnp.ones((2, 2)), 1.5)
