@@ -13,5 +13,6 @@ from companion.exercises._core import Mismatch, check, get, names
 
 # Importing a chapter's module registers its exercises (book order is by chapter number).
 from companion.exercises import odes  # noqa: F401  chapter 1
+from companion.exercises import sdes, reverse  # noqa: F401  chapters 2 and 3
 
 __all__ = ["check", "names", "get", "Mismatch"]
