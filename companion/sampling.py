@@ -480,8 +480,25 @@ def _denoiser(sde, score_fn, xhat, t):
     return xhat + noise_level(sde, t) ** 2 * m * score_fn(m * xhat, _times(xhat, t))
 
 
-@functools.partial(jax.jit, static_argnames=("sde", "score_fn", "shape", "method", "spacing"))
 def _solve_flow_fixed(sde, score_fn, key, shape, n_steps, eps, rho, method, spacing):
+    """Heun (``method="heun"``) or the multistep exponential integrator (``method`` = its
+    order, 1 to 3, traced) on the grid of :func:`ode_time_grid`."""
+    if method == "heun":
+        return _solve_heun(sde, score_fn, key, shape, n_steps, eps, rho, spacing)
+    return _solve_multistep(sde, score_fn, key, shape, n_steps, eps, rho, method, spacing)
+
+
+@functools.partial(jax.jit, static_argnames=("sde", "score_fn", "shape", "spacing"))
+def _solve_heun(sde, score_fn, key, shape, n_steps, eps, rho, spacing):
+    return _solve_flow_body(sde, score_fn, key, shape, n_steps, eps, rho, "heun", spacing)
+
+
+@functools.partial(jax.jit, static_argnames=("sde", "score_fn", "shape", "spacing"))
+def _solve_multistep(sde, score_fn, key, shape, n_steps, eps, rho, order, spacing):
+    return _solve_flow_body(sde, score_fn, key, shape, n_steps, eps, rho, order, spacing)
+
+
+def _solve_flow_body(sde, score_fn, key, shape, n_steps, eps, rho, method, spacing):
     x = sde.prior_sample(key, shape)
     dtype = x.dtype
     xhat = x / sde.mean_coefficient(jnp.asarray(sde.T, dtype))  # xhat ~ N(0, sigma(T)^2 I)
@@ -511,19 +528,16 @@ def _solve_flow_fixed(sde, score_fn, key, shape, n_steps, eps, rho, method, spac
         # D(l0 + tau) as the Newton polynomial through (l0, d0), (l1, d1), (l2, d2)
         a = (d0 - d1) / (l0 - l1)
         second = (a - (d1 - d2) / (l1 - l2)) / (l0 - l2)
-        update = phi1 * d0
-        if method >= 2:
-            first_order = jnp.where(k >= 1, phi2 * a, 0.0)
-            if method == 3:
-                slope = a + second * (l0 - l1)
-                update += jnp.where(k >= 2, phi2 * slope + 2 * phi3 * second, first_order)
-            else:
-                update += first_order
-        return e * xhat + update, d0, d1, l0, l1
+        # the order used at step k: min(order, k + 1) (no history before the first steps)
+        use = jnp.minimum(order, k + 1)
+        slope = a + second * (l0 - l1)
+        correction = jnp.where(use >= 3, phi2 * slope + 2 * phi3 * second, jnp.where(use == 2, phi2 * a, 0.0))
+        return e * xhat + phi1 * d0 + correction, d0, d1, l0, l1
 
-    if method == "heun":
+    if isinstance(method, str):  # "heun"
         xhat = jax.lax.fori_loop(0, n_steps, heun_step, xhat)
     else:
+        order = method  # traced: one compiled sampler for orders 1, 2 and 3
         # dummy history for k < order - 1 (unused: those steps drop to lower order)
         one = jnp.ones((), dtype)
         xhat = jax.lax.fori_loop(0, n_steps, multistep, (xhat, xhat, xhat, -one, -2 * one))[0]

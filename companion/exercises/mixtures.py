@@ -1,0 +1,287 @@
+"""Hidden tests of the exercises of chapter 6 (mixtures and conditional generation).
+
+* ``class_probabilities(sde, x, t, means, variances, weights)``: the Bayes classifier
+  p_t(y | x) of a mixture of isotropic Gaussians under a linear SDE (Eq. eq-bayes-classifier).
+* ``gaussian_conditional(mean, cov, x_observed, observed)``: mean and covariance of
+  x_u given x_o for one Gaussian (Eq. eq-gaussian-conditional).
+* ``replace_known(sde, x, x_known, mask, t, z)``: one replacement of the known coordinates
+  by a draw of the forward kernel (Eq. eq-replacement).
+
+Inputs come from fixed seeds; messages say how an answer is wrong, never what is right.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from companion import sde as sde_lib
+from companion import toy
+from companion.exercises._core import Mismatch, as_array, exercise, expect_close
+
+
+def _close(a, b, rtol, atol) -> bool:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return a.shape == b.shape and bool(np.all(np.isfinite(a))) and bool(np.allclose(a, b, rtol=rtol, atol=atol))
+
+
+_SDES = [
+    ("VP(0.1, 20)", sde_lib.VP(beta_min=0.1, beta_max=20.0)),
+    ("VE(0.01, 50)", sde_lib.VE(sigma_min=0.01, sigma_max=50.0)),
+    ("sub-VP(0.1, 20)", sde_lib.SubVP(beta_min=0.1, beta_max=20.0)),
+]
+
+# ------------------------------------------------------------------------ class_probabilities
+
+
+def _log_joint(m, s, x, means, variances, weights, *, scale_var=True, normalise=True):
+    """log w_k N(x; m mu_k, (m^2 v_k + s^2) I), shape (n, K), in float64 (and mistaken variants)."""
+    x, means = np.asarray(x, np.float64), np.asarray(means, np.float64)
+    v, w = np.asarray(variances, np.float64), np.asarray(weights, np.float64)
+    var = (m**2 if scale_var else 1.0) * v + s**2  # (K,)
+    sq = np.sum((x[:, None, :] - m * means[None]) ** 2, axis=-1)  # (n, K)
+    out = np.log(w) - 0.5 * sq / var
+    return out - 0.5 * x.shape[1] * np.log(2 * np.pi * var) if normalise else out
+
+
+def _softmax(a):
+    a = a - a.max(axis=1, keepdims=True)
+    e = np.exp(a)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _class_probabilities(sde, x, t, means, variances, weights):
+    """Reference: the softmax over k of log w_k + log N(x; m mu_k, (m^2 v_k + s^2) I) (float64)."""
+    m, s = float(sde.mean_coefficient(t)), float(sde.kernel_std(t))
+    return _softmax(_log_joint(m, s, x, means, variances, weights))
+
+
+def _class_cases():
+    """(label, sde, x (n, d), t, means (K, d), variances (K,), weights (K,))."""
+    rng = np.random.default_rng(20210601)
+    one_d, four = toy.two_gaussians_1d(), toy.four_gaussians_2d()
+    mixtures = [
+        ("the 1-D mixture of the chapter", np.asarray(one_d.means), np.array([1.0, 0.25]), np.array([0.3, 0.7])),
+        ("the four Gaussians of the chapter", np.asarray(four.means), np.full(4, 0.25), np.full(4, 0.25)),
+        ("three 3-D Gaussians of different widths", rng.normal(0, 2, (3, 3)), np.array([0.1, 1.0, 3.0]),
+         np.array([0.5, 0.3, 0.2])),
+    ]
+    cases = []
+    for mname, means, variances, weights in mixtures:
+        for (sname, s), t in zip(_SDES, (0.05, float(rng.uniform(0.2, 0.6)), float(rng.uniform(0.2, 0.6)))):
+            spread = float(np.sqrt(np.mean(means**2) * s.mean_coefficient(t) ** 2 + s.kernel_std(t) ** 2 + 1))
+            x = jnp.asarray(spread * rng.normal(size=(7, means.shape[1])), jnp.float32)
+            cases.append((f"{mname} under {sname}, t = {t:.2f}", s, x, t, means, variances, weights))
+    return cases
+
+
+# Probabilities in [0, 1] from float32 exponentials: atol 2e-4. The mistakes (no kernel
+# noise s^2, means not scaled by m, the normalising factor of each Gaussian left out, the
+# weights left out, not normalised) each change some probability by > 1e-2 on these cases.
+_CLASS_RTOL, _CLASS_ATOL = 1e-3, 2e-4
+
+
+def _diagnose_class(arr, sde, x, t, means, variances, weights):
+    m, s = float(sde.mean_coefficient(t)), float(sde.kernel_std(t))
+    lj = _log_joint(m, s, x, means, variances, weights)
+
+    def near(v):
+        return _close(arr, v, _CLASS_RTOL, _CLASS_ATOL)
+
+    if near(_softmax(_log_joint(1.0, 0.0, x, means, variances, weights))):
+        return "these are the probabilities of the clean data p_0(y | x); at time t each component is blurred by the kernel"
+    if near(_softmax(_log_joint(m, s, x, means, variances, weights, normalise=False))):
+        return "the normalising factor (2 pi var_k)^(-d/2) of each component is missing: components of different widths need it"
+    if near(_softmax(lj - np.log(np.asarray(weights, np.float64)))):
+        return "the mixture weights w_k are missing"
+    if near(np.exp(lj)):
+        return "these are the joint densities w_k N_k(x), not normalised over k"
+    if near(_softmax(_log_joint(m, s, x, np.asarray(means, np.float64) / m, variances, weights))):
+        return "the component means are not scaled by the kernel's mean coefficient m(t)"
+    if near(_softmax(_log_joint(m, s, x, means, variances, weights, scale_var=False))):
+        return "the component variances are not scaled by m(t)^2"
+    return None
+
+
+@exercise(
+    "class_probabilities",
+    chapter=6,
+    hint=(
+        "Under the SDE, component k of p_t is N(m(t) mu_k, (m(t)^2 v_k + s(t)^2) I). Compute "
+        "log w_k + log N(x; ...) for every k, with the full normalising factor, and take a "
+        "softmax over k (jax.nn.softmax keeps it finite)."
+    ),
+    reference=_class_probabilities,
+)
+def _test_class_probabilities(fn):
+    for label, s, x, t, means, variances, weights in _class_cases():
+        want = np.asarray(_class_probabilities(s, x, t, means, variances, weights), np.float64)
+        what = f"case '{label}'"
+        arr = as_array(fn(s, x, t, jnp.asarray(means, jnp.float32), jnp.asarray(variances, jnp.float32),
+                          jnp.asarray(weights, jnp.float32)), what)
+        if arr.shape == want.shape and np.all(np.isfinite(arr)) and not _close(arr, want, _CLASS_RTOL, _CLASS_ATOL):
+            msg = _diagnose_class(arr, s, x, t, means, variances, weights)
+            if msg:
+                raise Mismatch(f"{what}: {msg}")
+        expect_close(arr, want, what=what, rtol=_CLASS_RTOL, atol=_CLASS_ATOL)
+
+
+# ----------------------------------------------------------------------- gaussian_conditional
+
+
+def _gaussian_conditional(mean, cov, x_observed, observed):
+    """Reference: mu_u + S_uo S_oo^{-1} (x_o - mu_o) and S_uu - S_uo S_oo^{-1} S_ou (float64)."""
+    mean, cov, x_o = (np.asarray(a, np.float64) for a in (mean, cov, x_observed))
+    o = np.asarray(observed)
+    u = np.setdiff1d(np.arange(mean.shape[0]), o)
+    s_uo, s_oo = cov[np.ix_(u, o)], cov[np.ix_(o, o)]
+    gain = np.linalg.solve(s_oo, s_uo.T).T
+    return mean[u] + gain @ (x_o - mean[o]), cov[np.ix_(u, u)] - gain @ s_uo.T
+
+
+def _conditional_cases():
+    rng = np.random.default_rng(20210602)
+    cases = []
+    for d, observed in [(2, [0]), (2, [1]), (3, [0, 2]), (4, [1]), (5, [0, 3, 4])]:
+        a = rng.normal(size=(d, d))
+        cov = a @ a.T + 0.5 * np.eye(d)
+        mean = rng.normal(0, 2, d)
+        x_o = rng.normal(0, 2, len(observed))
+        cases.append((f"d = {d}, observed coordinates {observed}", mean, cov, x_o, observed))
+    return cases
+
+
+# Solves with condition numbers < 1e3 in float32: rtol 1e-3, atol 1e-3. The mistakes change
+# entries by O(1).
+_COND_RTOL, _COND_ATOL = 1e-3, 1e-3
+
+
+def _diagnose_conditional(mean_got, cov_got, mean, cov, x_o, observed):
+    o = np.asarray(observed)
+    u = np.setdiff1d(np.arange(len(mean)), o)
+    s_uo, s_oo, s_uu = cov[np.ix_(u, o)], cov[np.ix_(o, o)], cov[np.ix_(u, u)]
+    gain = np.linalg.solve(s_oo, s_uo.T).T
+
+    def near(a, b):
+        return _close(a, b, _COND_RTOL, _COND_ATOL)
+
+    if mean_got is not None:
+        if near(mean_got, mean[u] + gain @ x_o):
+            return "the conditional mean: the observed values must be centred, x_o - mu_o"
+        if near(mean_got, mean[u] + s_uo @ (x_o - mean[o])):
+            return "the conditional mean: the covariance S_oo of the observed block must be inverted (solved), not left out"
+        if near(mean_got, mean[u]):
+            return "the conditional mean does not depend on the observed values"
+    if cov_got is not None:
+        if near(cov_got, s_uu):
+            return "the conditional covariance is the prior block S_uu: observing x_o must shrink it"
+        if near(cov_got, s_uu + gain @ s_uo.T):
+            return "the conditional covariance: S_uo S_oo^{-1} S_ou is subtracted, not added"
+        if near(cov_got, s_uu - s_uo @ s_uo.T):
+            return "the conditional covariance: S_oo must be inverted between S_uo and S_ou"
+    return None
+
+
+@exercise(
+    "gaussian_conditional",
+    chapter=6,
+    hint=(
+        "Split the coordinates into observed o and unobserved u (in increasing order), take "
+        "the blocks S_uo, S_oo, S_uu of the covariance, and use the Schur complement: "
+        "mean mu_u + S_uo S_oo^{-1} (x_o - mu_o), covariance S_uu - S_uo S_oo^{-1} S_ou. "
+        "jnp.linalg.solve avoids the explicit inverse."
+    ),
+    reference=_gaussian_conditional,
+)
+def _test_gaussian_conditional(fn):
+    for label, mean, cov, x_o, observed in _conditional_cases():
+        want_mean, want_cov = (np.asarray(a, np.float64) for a in _gaussian_conditional(mean, cov, x_o, observed))
+        what = f"case '{label}'"
+        got = fn(jnp.asarray(mean, jnp.float32), jnp.asarray(cov, jnp.float32), jnp.asarray(x_o, jnp.float32),
+                 list(observed))
+        if not isinstance(got, (tuple, list)) or len(got) != 2:
+            raise Mismatch(f"{what}: expected a pair (mean, cov), got {type(got).__name__}")
+        m_got = as_array(got[0], f"{what}, the mean")
+        c_got = as_array(got[1], f"{what}, the covariance")
+        for arr, want, name in ((m_got, want_mean, "mean"), (c_got, want_cov, "covariance")):
+            if arr.shape == want.shape and np.all(np.isfinite(arr)) and not _close(arr, want, _COND_RTOL, _COND_ATOL):
+                msg = _diagnose_conditional(m_got if name == "mean" else None, c_got if name == "covariance" else None,
+                                            mean, cov, x_o, observed)
+                if msg:
+                    raise Mismatch(f"{what}: {msg}")
+            expect_close(arr, want, what=f"{what}, the {name}", rtol=_COND_RTOL, atol=_COND_ATOL)
+
+
+# ------------------------------------------------------------------------------ replace_known
+
+
+def _replace_known(sde, x, x_known, mask, t, z):
+    """Reference: where(mask, m(t) x_known + s(t) z, x) (float64)."""
+    m, s = float(sde.mean_coefficient(t)), float(sde.kernel_std(t))
+    x, x_known, z = (np.asarray(a, np.float64) for a in (x, x_known, z))
+    return np.where(np.asarray(mask), m * x_known + s * z, x)
+
+
+def _replace_cases():
+    rng = np.random.default_rng(20210603)
+    cases = []
+    for (name, s), shape, mask_shape in zip(_SDES, [(6, 2), (3, 4, 4, 1), (5, 3)], [(2,), (3, 4, 4, 1), (1, 3)]):
+        t = float(rng.uniform(0.2, 0.8))
+        x = jnp.asarray(rng.normal(0, 3, shape), jnp.float32)
+        x_known = jnp.asarray(rng.normal(0, 1, shape), jnp.float32)
+        z = jnp.asarray(rng.normal(size=shape), jnp.float32)
+        mask = jnp.asarray(rng.uniform(size=mask_shape) < 0.5)
+        mask = mask.at[(0,) * len(mask_shape)].set(True)
+        if mask_shape != shape:
+            mask = mask.at[(0,) * (len(mask_shape) - 1) + (-1,)].set(False)
+        else:
+            mask = mask.at[(0,) * (len(shape) - 1) + (1,)].set(False)
+        cases.append((f"{name}, x of shape {shape}, mask of shape {mask_shape}, t = {t:.2f}", s, x, x_known, mask, t, z))
+    return cases
+
+
+# A few float32 operations: rtol 1e-5, atol 1e-5.
+_REPL_RTOL, _REPL_ATOL = 1e-5, 1e-5
+
+
+def _diagnose_replace(arr, sde, x, x_known, mask, t, z):
+    m, s = float(sde.mean_coefficient(t)), float(sde.kernel_std(t))
+    x, x_known, z = (np.asarray(a, np.float64) for a in (x, x_known, z))
+    mask = np.broadcast_to(np.asarray(mask), x.shape)
+
+    def near(v):
+        return _close(arr, v, _REPL_RTOL, _REPL_ATOL)
+
+    if near(np.where(mask, x, m * x_known + s * z)):
+        return "the unknown coordinates were replaced and the known ones kept: mask is True where a coordinate is known"
+    if near(np.where(mask, x_known, x)):
+        return "the known coordinates are put back as they are; at time t they must be a draw of the forward kernel"
+    if near(np.where(mask, x_known + s * z, x)):
+        return "the kernel's mean is m(t) x_known, not x_known"
+    if near(np.where(mask, m * x_known + s**2 * z, x)):
+        return "the noise is scaled by the kernel's variance; it takes the standard deviation s(t)"
+    if near(m * x_known + s * z):
+        return "every coordinate was replaced: the unknown ones must keep the sampler's values"
+    return None
+
+
+@exercise(
+    "replace_known",
+    chapter=6,
+    hint=(
+        "Where mask is True, return a draw of p_0t(x_t | x_known): "
+        "sde.mean_coefficient(t) * x_known + sde.kernel_std(t) * z; elsewhere keep x. "
+        "jnp.where(mask, ..., x) broadcasts the mask."
+    ),
+    reference=_replace_known,
+)
+def _test_replace_known(fn):
+    for label, s, x, x_known, mask, t, z in _replace_cases():
+        want = np.asarray(_replace_known(s, x, x_known, mask, t, z), np.float64)
+        what = f"case '{label}'"
+        arr = as_array(fn(s, x, x_known, mask, t, z), what)
+        if arr.shape == want.shape and np.all(np.isfinite(arr)) and not _close(arr, want, _REPL_RTOL, _REPL_ATOL):
+            msg = _diagnose_replace(arr, s, x, x_known, mask, t, z)
+            if msg:
+                raise Mismatch(f"{what}: {msg}")
+        expect_close(arr, want, what=what, rtol=_REPL_RTOL, atol=_REPL_ATOL)

@@ -1,0 +1,249 @@
+"""Score-matching losses in continuous time (chapter 4).
+
+Each constructor takes the SDE and the options and returns a loss object ``loss`` with
+
+    loss(model, x0, key) -> scalar            the minibatch estimate (mean over samples)
+    loss.per_sample(model, x0, key) -> (n,)   one unbiased estimate per data point
+
+where ``model(x, t)`` is any score function (an NNX module or a plain function) and
+``x0`` is a batch of data ``(n, *dims)``. Every loss draws one time per sample,
+``t ~ U(eps, T)`` (or, for denoising score matching with ``importance_sampling=True``,
+from the density of Eq. eq-importance-t), and the perturbed point ``x_t`` from the kernel,
+and weights the sample by lambda(t):
+
+=================  ==========================  ==========================================
+``weighting``      lambda(t)                   remark
+=================  ==========================  ==========================================
+``"sigma2"``       s(t)^2 (kernel variance)    Song et al. (2021); makes the DSM
+                                               regression target O(1) at every t
+``"likelihood"``   g(t)^2                      bounds the KL / negative log-likelihood
+                                               (Song, Durkan et al. 2021)
+``"none"``         1                           the raw Fisher divergence, integrated in t
+=================  ==========================  ==========================================
+
+All three losses estimate, up to a constant that does not depend on the model, the
+weighted Fisher divergence (Eq. eq-weighted-fisher, chapter 4)
+
+    J(theta) = E_t [ lambda(t) E_{x_t ~ p_t} || model(x_t, t) - grad log p_t(x_t) ||^2 / 2 ].
+
+Keys: ``k_t, k_x, k_v = jax.random.split(key, 3)`` draw the times, the kernel noise
+``z`` and (sliced score matching only) the projections, in that order.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from companion.likelihood import exact_divergence, hutchinson_divergence, probes
+from companion.sde import LinearSDE, _check_x, batch_broadcast
+
+WEIGHTINGS = ("sigma2", "likelihood", "none")
+
+
+def weighting_fn(sde: LinearSDE, weighting: str) -> Callable:
+    """lambda(t) for ``weighting`` in ``("sigma2", "likelihood", "none")``."""
+    if weighting == "sigma2":
+        return lambda t: sde.kernel_std(t) ** 2
+    if weighting == "likelihood":
+        return lambda t: sde.diffusion(t) ** 2
+    if weighting == "none":
+        return lambda t: jnp.ones_like(jnp.asarray(t))
+    raise ValueError(f"weighting: expected one of {WEIGHTINGS}, got {weighting!r}")
+
+
+def _check_common(sde, eps):
+    if not isinstance(sde, LinearSDE):
+        raise TypeError(f"sde: expected a companion.sde SDE, got {type(sde).__name__}")
+    eps = float(eps)
+    if not 0 < eps < sde.T:
+        raise ValueError(f"eps: must lie in (0, T) = (0, {sde.T}), got {eps}")
+    return eps
+
+
+class TimeSampler:
+    """Draws t on [eps, T] from a density proportional to ``rate(t)`` (Eq. eq-importance-t).
+
+    The inverse CDF is tabulated on a grid (geometric near ``eps``, where lambda/s^2 of
+    the likelihood weighting behaves like 1/t); within a grid cell t is uniform, so the
+    sampled density r(t) is piecewise constant and known exactly: the importance weight
+    ``1 / ((T - eps) r(t))`` makes the estimate exactly unbiased whatever the grid.
+    """
+
+    def __init__(self, rate: Callable, eps: float, T: float, n_grid: int = 4096):
+        grid = np.unique(np.concatenate([np.geomspace(eps, T, n_grid // 2), np.linspace(eps, T, n_grid // 2)]))
+        mid = 0.5 * (grid[1:] + grid[:-1])
+        w = np.asarray(rate(jnp.asarray(mid, jnp.float32)), np.float64)
+        if not np.all(np.isfinite(w)) or np.any(w < 0):
+            raise ValueError("importance_sampling: lambda(t)/s(t)^2 is not finite and positive on [eps, T]")
+        mass = w * np.diff(grid)
+        self.total = float(mass.sum())  # ~ int_eps^T rate(t) dt
+        cdf = np.concatenate([[0.0], np.cumsum(mass) / self.total])
+        self.grid = jnp.asarray(grid, jnp.float32)
+        self.cdf = jnp.asarray(cdf, jnp.float32)
+        self.density = jnp.asarray(mass / np.diff(grid) / self.total, jnp.float32)  # r(t) per cell
+        self.eps, self.T = eps, T
+
+    def sample(self, key, n: int):
+        """Times ``(n,)`` and their importance weights ``1 / ((T - eps) r(t))``, ``(n,)``."""
+        u = jax.random.uniform(key, (n,), jnp.float32)
+        cell = jnp.clip(jnp.searchsorted(self.cdf, u, side="right") - 1, 0, self.density.shape[0] - 1)
+        frac = (u - self.cdf[cell]) / jnp.maximum(self.cdf[cell + 1] - self.cdf[cell], 1e-30)
+        t = self.grid[cell] + jnp.clip(frac, 0.0, 1.0) * (self.grid[cell + 1] - self.grid[cell])
+        weight = 1.0 / ((self.T - self.eps) * self.density[cell])
+        return t, weight
+
+
+class Loss:
+    """A score-matching loss: ``loss(model, x0, key) -> scalar``; ``loss.per_sample(...) -> (n,)``."""
+
+    def __init__(self, name: str, per_sample: Callable, **options):
+        self.name = name
+        self._per_sample = per_sample
+        self.options = options
+
+    def per_sample(self, model, x0, key):
+        x0 = _check_x(x0)
+        return self._per_sample(model, x0, key)
+
+    def __call__(self, model, x0, key):
+        return jnp.mean(self.per_sample(model, x0, key))
+
+    def __repr__(self):
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"{self.name}({opts})"
+
+
+def _uniform_times(key, n, eps, T, dtype):
+    return jax.random.uniform(key, (n,), dtype, minval=eps, maxval=T)
+
+
+def _sq_norm(a):
+    return jnp.sum(a.reshape(a.shape[0], -1) ** 2, axis=1)
+
+
+def denoising_score_matching(sde: LinearSDE, *, weighting: str = "sigma2", importance_sampling: bool = False,
+                             eps: float = 1e-5) -> Loss:
+    """Denoising score matching with the perturbation kernel (Vincent 2011; Eq. eq-dsm, chapter 4).
+
+    Per sample: ``t``, ``z ~ N(0, I)``, ``x_t = m(t) x_0 + s(t) z``; the kernel's score at
+    ``x_t`` is ``-z / s(t)`` and the loss is
+
+        lambda(t) || model(x_t, t) + z / s(t) ||^2 / 2  =  (lambda(t) / s(t)^2) || s(t) model + z ||^2 / 2,
+
+    the second form being the noise-prediction form (``s(t) model`` predicts ``-z``).
+
+    ``importance_sampling=True`` draws ``t`` with density r(t) proportional to
+    lambda(t) / s(t)^2 (Eq. eq-importance-t) and multiplies by ``1 / ((T - eps) r(t))``:
+    the same expectation, and the weight in front of the O(1) noise-prediction error
+    becomes constant. For ``"sigma2"`` it changes nothing (r is uniform).
+
+    ``eps`` is the lower end of the times (t-epsilon cut-off): lambda(t)/s(t)^2 grows like
+    1/t for the likelihood weighting and ``"none"``, so with ``eps -> 0`` the estimator's
+    variance (and for a model that is not exact at t = 0, its mean) grows without bound.
+    """
+    eps = _check_common(sde, eps)
+    lam = weighting_fn(sde, weighting)
+    sampler = TimeSampler(lambda t: lam(t) / sde.kernel_std(t) ** 2, eps, sde.T) if importance_sampling else None
+
+    def per_sample(model, x0, key):
+        k_t, k_x, _ = jax.random.split(key, 3)
+        n = x0.shape[0]
+        if sampler is None:
+            t = _uniform_times(k_t, n, eps, sde.T, x0.dtype)
+            iw = jnp.ones((n,), x0.dtype)
+        else:
+            t, iw = sampler.sample(k_t, n)
+            t, iw = t.astype(x0.dtype), iw.astype(x0.dtype)
+        xt, z = sde.perturb(k_x, x0, t)
+        s = sde.kernel_std(t)
+        residual = batch_broadcast(s, x0) * model(xt, t) + z  # noise-prediction error
+        return iw * lam(t) / s**2 * _sq_norm(residual) / 2
+
+    return Loss("denoising_score_matching", per_sample, weighting=weighting,
+                importance_sampling=importance_sampling, eps=eps)
+
+
+def implicit_score_matching(sde: LinearSDE, *, weighting: str = "sigma2", eps: float = 1e-5) -> Loss:
+    """Implicit (Hyvarinen) score matching at every t (Eq. eq-ism, chapter 4).
+
+    Per sample: ``t``, ``x_t`` from the kernel, and
+
+        lambda(t) [ tr(d model(x_t, t) / dx) + || model(x_t, t) ||^2 / 2 ],
+
+    with the exact Jacobian trace (``D`` Jacobian-vector products: fine in low dimension).
+    It equals the weighted Fisher divergence minus a model-independent constant
+    (Hyvarinen 2005), so its gradients agree in expectation with those of
+    :func:`denoising_score_matching` with the same weighting.
+    """
+    eps = _check_common(sde, eps)
+    lam = weighting_fn(sde, weighting)
+
+    def per_sample(model, x0, key):
+        k_t, k_x, _ = jax.random.split(key, 3)
+        t = _uniform_times(k_t, x0.shape[0], eps, sde.T, x0.dtype)
+        xt, _ = sde.perturb(k_x, x0, t)
+        fn = lambda x: model(x, t)
+        return lam(t) * (exact_divergence(fn, xt) + _sq_norm(fn(xt)) / 2)
+
+    return Loss("implicit_score_matching", per_sample, weighting=weighting, eps=eps)
+
+
+def sliced_score_matching(sde: LinearSDE, *, weighting: str = "sigma2", eps: float = 1e-5, n_projections: int = 1,
+                          projection: str = "rademacher", variance_reduction: bool = False) -> Loss:
+    """Sliced score matching (Song, Garg et al. 2020; Eq. eq-ssm, chapter 4).
+
+    The trace of implicit score matching replaced by its projections on random
+    directions ``v`` (``n_projections`` per sample, ``"rademacher"`` or ``"gaussian"``):
+
+        lambda(t) mean_v [ v^T (d model / dx) v + (v^T model)^2 / 2 ],
+
+    one Jacobian-vector product per projection whatever the dimension. With
+    ``variance_reduction=True`` the second term is ``|| model ||^2 / 2``, its exact
+    expectation (SSM-VR).
+    """
+    eps = _check_common(sde, eps)
+    lam = weighting_fn(sde, weighting)
+    if isinstance(n_projections, bool) or not isinstance(n_projections, int) or n_projections < 1:
+        raise ValueError(f"n_projections: expected a positive int, got {n_projections!r}")
+    probes(jax.random.key(0), (1,), kind=projection)  # validates ``projection``
+
+    def per_sample(model, x0, key):
+        k_t, k_x, k_v = jax.random.split(key, 3)
+        n = x0.shape[0]
+        t = _uniform_times(k_t, n, eps, sde.T, x0.dtype)
+        xt, _ = sde.perturb(k_x, x0, t)
+        v = probes(k_v, (n_projections,) + x0.shape, kind=projection, dtype=x0.dtype)
+        fn = lambda x: model(x, t)
+        score = fn(xt)
+        trace = hutchinson_divergence(fn, xt, v)
+        if variance_reduction:
+            quad = _sq_norm(score) / 2
+        else:
+            proj = (v * score[None]).reshape(n_projections, n, -1).sum(-1)
+            quad = jnp.mean(proj**2, axis=0) / 2
+        return lam(t) * (trace + quad)
+
+    return Loss("sliced_score_matching", per_sample, weighting=weighting, eps=eps,
+                n_projections=n_projections, projection=projection, variance_reduction=variance_reduction)
+
+
+def fisher_divergence(sde: LinearSDE, true_score: Callable, *, weighting: str = "sigma2", eps: float = 1e-5) -> Loss:
+    """The weighted Fisher divergence itself, when the true score of p_t is known (toy data).
+
+    Per sample: ``lambda(t) || model(x_t, t) - true_score(x_t, t) ||^2 / 2``. Used to check
+    that the three practical losses differ from it by a constant.
+    """
+    eps = _check_common(sde, eps)
+    lam = weighting_fn(sde, weighting)
+
+    def per_sample(model, x0, key):
+        k_t, k_x, _ = jax.random.split(key, 3)
+        t = _uniform_times(k_t, x0.shape[0], eps, sde.T, x0.dtype)
+        xt, _ = sde.perturb(k_x, x0, t)
+        return lam(t) * _sq_norm(model(xt, t) - true_score(xt, t)) / 2
+
+    return Loss("fisher_divergence", per_sample, weighting=weighting, eps=eps)

@@ -1,0 +1,129 @@
+"""companion.likelihood: divergences, log p against analytic mixture densities, bits per dim."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from companion import likelihood, toy
+from companion import sde as sdes
+
+A = jnp.array([[1.0, 2.0, 0.0], [-1.0, 0.5, 0.3], [0.2, 0.0, -2.0]])
+
+
+def test_exact_divergence_of_a_linear_map_is_the_trace():
+    x = jax.random.normal(jax.random.key(0), (5, 3))
+    np.testing.assert_allclose(likelihood.exact_divergence(lambda y: y @ A.T, x), np.full(5, float(jnp.trace(A))),
+                               rtol=1e-6)
+
+
+def test_exact_divergence_per_sample_and_for_image_shapes():
+    f = lambda y: jnp.sin(y) * y  # elementwise: div = sum of d/dy (y sin y)
+    x = jax.random.normal(jax.random.key(1), (4, 2, 3))
+    want = jnp.sum(jnp.sin(x) + x * jnp.cos(x), axis=(1, 2))
+    np.testing.assert_allclose(likelihood.exact_divergence(f, x), want, rtol=1e-5, atol=1e-6)
+
+
+def test_hutchinson_is_unbiased_and_exact_for_diagonal_jacobians_with_rademacher_probes():
+    x = jnp.ones((2, 3))
+    v = likelihood.probes(jax.random.key(2), (20_000, 2, 3), kind="gaussian")
+    est = likelihood.hutchinson_divergence(lambda y: y @ A.T, x, v)
+    # variance of v^T A v for Gaussian v: ||A||_F^2 + tr(A^2) = 2 ||sym A||_F^2
+    sym = (A + A.T) / 2
+    se = math.sqrt(2 * float(jnp.sum(sym**2)) / 20_000)
+    assert np.all(np.abs(np.asarray(est) - float(jnp.trace(A))) < 4 * se)
+    diag = jnp.diag(jnp.array([1.0, -3.0, 0.5]))
+    r = likelihood.probes(jax.random.key(3), (1, 2, 3))
+    np.testing.assert_allclose(likelihood.hutchinson_divergence(lambda y: y @ diag, x, r), [-1.5, -1.5], rtol=1e-6)
+
+
+def test_probe_kind_and_shape_are_checked():
+    with pytest.raises(ValueError, match="probe"):
+        likelihood.probes(jax.random.key(0), (2, 3), kind="uniform")
+    with pytest.raises(ValueError, match="v"):
+        likelihood.hutchinson_divergence(lambda y: y, jnp.ones((2, 3)), jnp.ones((2, 2)))
+
+
+@pytest.mark.parametrize("sde", [sdes.VP(), sdes.SubVP()], ids=["VP", "SubVP"])
+def test_log_prob_matches_the_analytic_mixture_density(sde):
+    mix = toy.four_gaussians_2d()
+    eps = 1e-3
+    x = mix.sample(jax.random.key(4), 64)
+    logp, stats = likelihood.log_prob(sde, toy.exact_score(mix, sde), x, eps=eps, return_stats=True)
+    exact = mix.perturbed(sde, eps).log_prob(x)
+    err = np.abs(np.asarray(logp - exact))
+    # ODE solved to rtol = atol = 1e-5; float32 adds ~1e-5 per step; measured max 1e-3
+    assert err.max() < 3e-3 and err.mean() < 5e-4, (err.max(), err.mean())
+    assert stats["nfe"].shape == (64,) and np.all(stats["nfe"] > 20)
+
+
+def test_log_prob_in_one_dimension_and_with_hutchinson():
+    mix = toy.two_gaussians_1d()
+    sde = sdes.VP()
+    x = jnp.linspace(-4.0, 3.5, 16)[:, None]
+    exact = mix.perturbed(sde, 1e-3).log_prob(x)
+    score = toy.exact_score(mix, sde)
+    p_T = mix.perturbed(sde, sde.T).log_prob
+    # with the exact p_T at the end, only the ODE solve's error remains
+    np.testing.assert_allclose(likelihood.log_prob(sde, score, x, eps=1e-3, prior_log_prob=p_T), exact, atol=1e-3)
+    # in 1-D a Rademacher probe is exact: v^2 = 1
+    np.testing.assert_allclose(
+        likelihood.log_prob(sde, score, x, eps=1e-3, key=jax.random.key(0), prior_log_prob=p_T), exact, atol=1e-3)
+    # with the N(0, 1) prior: p_T has mean m(T) E[x0] = 0.0066 * 0.8, an error ~ 0.005 |x_T| (docstring)
+    err = np.abs(np.asarray(likelihood.log_prob(sde, score, x, eps=1e-3) - exact))
+    assert 3e-3 < err.max() < 3e-2
+
+
+def test_hutchinson_log_prob_is_unbiased_in_two_dimensions():
+    mix = toy.four_gaussians_2d()
+    sde = sdes.VP()
+    x = jnp.tile(mix.sample(jax.random.key(5), 2), (200, 1))  # 2 points, 200 probes each
+    est = likelihood.log_prob(sde, toy.exact_score(mix, sde), x, eps=1e-3, key=jax.random.key(1), probe="gaussian")
+    est = np.asarray(est).reshape(200, 2)
+    exact = np.asarray(mix.perturbed(sde, 1e-3).log_prob(x[:2]))
+    se = est.std(axis=0) / np.sqrt(200)
+    assert np.all(np.abs(est.mean(axis=0) - exact) < 4 * se + 2e-3)
+    assert np.all(est.std(axis=0) > 1e-3)  # Gaussian probes do add noise
+
+
+def test_bits_per_dim_of_dequantised_data():
+    mix = toy.four_gaussians_2d()
+    sde = sdes.VP()
+    n_levels, lo, hi = 64, -4.0, 4.0
+    x = mix.sample(jax.random.key(6), 32)
+    xd = jnp.clip(jnp.floor((x - lo) / (hi - lo) * n_levels), 0, n_levels - 1).astype(jnp.int32)
+    bpd = likelihood.bits_per_dim(sde, toy.exact_score(mix, sde), xd, n_levels=n_levels, data_range=(lo, hi),
+                                  eps=1e-3, dequantize_key=jax.random.key(7))
+    # the same dequantised points through the analytic density
+    u = (xd + jax.random.uniform(jax.random.key(7), xd.shape)) / n_levels
+    y = lo + (hi - lo) * u
+    want = -(mix.perturbed(sde, 1e-3).log_prob(y) + 2 * math.log((hi - lo) / n_levels)) / (2 * math.log(2))
+    np.testing.assert_allclose(bpd, want, atol=3e-3)
+    assert 3.0 < float(jnp.mean(bpd)) < 5.0  # a density spread over ~ 2^4 of the 64 bins per axis
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(x_discrete=jnp.array([[0.5, 1.0]])), "x_discrete"),
+        (dict(x_discrete=jnp.array([[0, 70]])), "x_discrete"),
+        (dict(n_levels=1), "n_levels"),
+        (dict(data_range=(1.0, -1.0)), "data_range"),
+    ],
+)
+def test_bits_per_dim_checks_its_arguments(kwargs, match):
+    args = dict(x_discrete=jnp.array([[0, 3]]), n_levels=64)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        likelihood.bits_per_dim(sdes.VP(), lambda x, t: -x, args.pop("x_discrete"), **args)
+
+
+def test_log_prob_checks_its_arguments():
+    with pytest.raises(ValueError, match="eps"):
+        likelihood.log_prob(sdes.VP(), lambda x, t: -x, jnp.ones((2, 2)), eps=0.0)
+    with pytest.raises(TypeError, match="sde"):
+        likelihood.log_prob("VP", lambda x, t: -x, jnp.ones((2, 2)))
+    with pytest.raises(ValueError, match="n_probes"):
+        likelihood.log_prob(sdes.VP(), lambda x, t: -x, jnp.ones((2, 2)), key=jax.random.key(0), n_probes=0)

@@ -1,0 +1,204 @@
+"""companion.losses: hand-computed values, agreement in expectation, importance sampling."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from companion import losses, toy
+from companion import sde as sdes
+
+VP = sdes.VP()
+
+
+def vp_by_hand(t):
+    """m(t), s(t), g(t)^2 of VP(0.1, 20) in NumPy, independent of companion.sde."""
+    B = 0.1 * t + 0.5 * t**2 * 19.9
+    return np.exp(-B / 2), np.sqrt(1 - np.exp(-B)), 0.1 + 19.9 * t
+
+
+def draws(key, x0, eps, T=1.0):
+    """The times and noise a loss draws from ``key`` (the documented key split)."""
+    k_t, k_x, k_v = jax.random.split(key, 3)
+    t = np.asarray(jax.random.uniform(k_t, (x0.shape[0],), x0.dtype, minval=eps, maxval=T), np.float64)
+    z = np.asarray(jax.random.normal(k_x, x0.shape, x0.dtype), np.float64)
+    return t, z, k_v
+
+
+X0 = jnp.array([[0.5, -1.0], [2.0, 0.0], [-1.5, 1.0]])
+A = np.array([[1.0, 0.3], [-0.2, 0.5]])
+
+
+def linear_model(x, t):
+    return -x @ jnp.asarray(A, x.dtype).T
+
+
+@pytest.mark.parametrize("weighting", ["sigma2", "likelihood", "none"])
+def test_dsm_matches_a_hand_computation(weighting):
+    key = jax.random.key(7)
+    loss = losses.denoising_score_matching(VP, weighting=weighting, eps=1e-3)
+    got = np.asarray(loss.per_sample(linear_model, X0, key))
+    t, z, _ = draws(key, X0, 1e-3)
+    m, s, g2 = vp_by_hand(t)
+    xt = m[:, None] * np.asarray(X0) + s[:, None] * z
+    lam = {"sigma2": s**2, "likelihood": g2, "none": np.ones_like(t)}[weighting]
+    want = lam * 0.5 * np.sum((-xt @ A.T + z / s[:, None]) ** 2, axis=1)
+    np.testing.assert_allclose(got, want, rtol=2e-4)
+    np.testing.assert_allclose(float(loss(linear_model, X0, key)), want.mean(), rtol=2e-4)
+
+
+def test_ism_matches_a_hand_computation():
+    key = jax.random.key(8)
+    got = np.asarray(losses.implicit_score_matching(VP, weighting="likelihood", eps=1e-3).per_sample(linear_model, X0, key))
+    t, z, _ = draws(key, X0, 1e-3)
+    m, s, g2 = vp_by_hand(t)
+    xt = m[:, None] * np.asarray(X0) + s[:, None] * z
+    want = g2 * (np.trace(-A) + 0.5 * np.sum((xt @ A.T) ** 2, axis=1))  # tr of d(-A x)/dx = -tr A
+    np.testing.assert_allclose(got, want, rtol=2e-4)
+
+
+def test_ssm_matches_a_hand_computation():
+    key = jax.random.key(9)
+    loss = losses.sliced_score_matching(VP, eps=1e-3, n_projections=3)
+    got = np.asarray(loss.per_sample(linear_model, X0, key))
+    t, z, k_v = draws(key, X0, 1e-3)
+    m, s, _ = vp_by_hand(t)
+    xt = m[:, None] * np.asarray(X0) + s[:, None] * z
+    v = np.asarray(jax.random.rademacher(k_v, (3,) + X0.shape, jnp.float32), np.float64)
+    score = -xt @ A.T
+    vjv = np.einsum("pni,ij,pnj->pn", v, -A, v)
+    want = s**2 * np.mean(vjv + 0.5 * np.einsum("pni,ni->pn", v, score) ** 2, axis=0)
+    np.testing.assert_allclose(got, want, rtol=2e-4)
+
+
+def test_ssm_equals_ism_in_one_dimension():
+    # a Rademacher projection in 1-D is +-1: v J v = J and (v s)^2 = s^2, exactly
+    x0 = jnp.array([[0.3], [-1.0], [2.0], [0.0]])
+    model = lambda x, t: jnp.sin(x) * (1 + t[:, None])
+    key = jax.random.key(3)
+    ism = losses.implicit_score_matching(VP).per_sample(model, x0, key)
+    ssm = losses.sliced_score_matching(VP, n_projections=2).per_sample(model, x0, key)
+    np.testing.assert_allclose(ssm, ism, rtol=1e-5, atol=1e-6)
+
+
+MIX = toy.two_gaussians_1d()
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return jax.jit(lambda k: MIX.sample(k, 20_000))(jax.random.key(0))
+
+
+@pytest.mark.parametrize("weighting", ["sigma2", "likelihood"])
+def test_dsm_minus_its_value_at_the_true_score_is_the_fisher_divergence(batch, weighting):
+    """DSM(model) - DSM(true score) = weighted Fisher divergence, in expectation (same draws)."""
+    true = toy.exact_score(MIX, VP)
+    model = lambda x, t: 0.8 * true(x, t) - 0.2 * x
+    key = jax.random.key(11)
+    dsm = losses.denoising_score_matching(VP, weighting=weighting, eps=1e-3)
+    fisher = losses.fisher_divergence(VP, true, weighting=weighting, eps=1e-3)
+    diff = jax.jit(lambda x: dsm.per_sample(model, x, key) - dsm.per_sample(true, x, key))(batch)
+    fd = jax.jit(lambda x: fisher.per_sample(model, x, key))(batch)
+    # same t and x_t in all three: the difference of the two has mean 0 (Vincent 2011)
+    err = np.asarray(diff - fd)
+    assert abs(err.mean()) < 4 * err.std() / np.sqrt(err.size)
+    assert float(fd.mean()) > 0
+
+
+def test_ism_and_dsm_gradients_agree_in_expectation(batch):
+    """The two losses differ by a model-independent constant: their gradients agree on average."""
+
+    def model_of(theta):
+        return lambda x, t: -theta[0] * x - theta[1] + theta[2] * jnp.tanh(x) * t[:, None]
+
+    theta = jnp.array([0.7, 0.2, 0.5])
+    ism = losses.implicit_score_matching(VP, weighting="likelihood", eps=1e-2)
+    dsm = losses.denoising_score_matching(VP, weighting="likelihood", eps=1e-2)
+    # 100 minibatches of 200, each with its own key; ISM and DSM see the same t and x_t
+    xs = batch.reshape(100, 200, 1)
+    keys = jax.random.split(jax.random.key(12), 100)
+    grads = lambda loss: np.asarray(jax.jit(jax.vmap(
+        lambda x, k: jax.grad(lambda th: loss(model_of(th), x, k))(theta)))(xs, keys))
+    g_ism, g_dsm = grads(ism), grads(dsm)
+    diff = g_dsm - g_ism
+    se = diff.std(axis=0) / np.sqrt(diff.shape[0])
+    assert np.all(np.abs(diff.mean(axis=0)) < 4 * se), (diff.mean(axis=0), se)
+    assert np.all(np.abs(g_ism.mean(axis=0)) > 4 * se)  # the gradients themselves are far from 0
+
+
+def test_importance_sampling_keeps_the_mean_and_cuts_the_variance(batch):
+    true = toy.exact_score(MIX, VP)
+    model = lambda x, t: 0.9 * true(x, t)
+    plain = losses.denoising_score_matching(VP, weighting="likelihood", eps=1e-4)
+    imp = losses.denoising_score_matching(VP, weighting="likelihood", eps=1e-4, importance_sampling=True)
+    a = np.asarray(jax.jit(lambda x: plain.per_sample(model, x, jax.random.key(1)))(batch))
+    b = np.asarray(jax.jit(lambda x: imp.per_sample(model, x, jax.random.key(2)))(batch))
+    se = np.sqrt(a.var() / a.size + b.var() / b.size)
+    assert abs(a.mean() - b.mean()) < 4 * se
+    assert a.std() > 4 * b.std()  # measured about 8x
+
+
+def test_time_sampler_is_exactly_unbiased():
+    rate = lambda t: VP.diffusion(t) ** 2 / VP.kernel_std(t) ** 2
+    sampler = losses.TimeSampler(rate, 1e-4, 1.0)
+    t, w = sampler.sample(jax.random.key(0), 200_000)
+    t, w = np.asarray(t, np.float64), np.asarray(w, np.float64)
+    assert t.min() >= 1e-4 and t.max() <= 1.0
+    # E_r[w h(t)] = mean of h under U(eps, T), for any h
+    for h in (lambda s: np.ones_like(s), lambda s: s, lambda s: np.sqrt(s)):
+        est, se = np.mean(w * h(t)), np.std(w * h(t)) / np.sqrt(t.size)
+        grid = np.linspace(1e-4, 1.0, 200_001)
+        exact = np.trapezoid(h(grid), grid) / (1.0 - 1e-4)
+        assert abs(est - exact) < 4 * se + 1e-6
+    # the times crowd where lambda / s^2 is large (t -> 0)
+    assert np.mean(t < 0.01) > 0.2
+
+
+def test_sigma2_importance_sampling_is_uniform():
+    sampler = losses.TimeSampler(lambda t: jnp.ones_like(t), 1e-3, 1.0)
+    _, w = sampler.sample(jax.random.key(0), 1000)
+    np.testing.assert_allclose(w, 1.0, rtol=1e-4)
+
+
+def test_without_the_cut_off_the_likelihood_weighted_loss_blows_up(batch):
+    """lambda / s^2 ~ 1/t near 0 and the noise-prediction error -> ||z||^2 / 2 (mean 1/2 in 1-D),
+    so the expected loss grows like log(1 / eps) / 2: + log(100) / 2 = 2.30 per factor 100."""
+    true = toy.exact_score(MIX, VP)
+    model = lambda x, t: 0.9 * true(x, t)
+    means, ses = [], []
+    for eps in (1e-2, 1e-4, 1e-6):
+        loss = losses.denoising_score_matching(VP, weighting="likelihood", eps=eps, importance_sampling=True)
+        v = np.asarray(jax.jit(lambda x: loss.per_sample(model, x, jax.random.key(3)))(batch))
+        means.append(v.mean())
+        ses.append(v.std() / np.sqrt(v.size))
+    for i in (0, 1):
+        tol = 4 * np.hypot(ses[i], ses[i + 1]) + 0.05  # Monte Carlo + the O(s) part of the error
+        assert abs(means[i + 1] - means[i] - np.log(100) / 2) < tol, (means, ses)
+
+
+def test_losses_are_differentiable_scalars_under_jit():
+    loss = losses.denoising_score_matching(VP, importance_sampling=True)
+    f = jax.jit(jax.value_and_grad(lambda th: loss(lambda x, t: -th * x, X0, jax.random.key(0))))
+    value, grad = f(1.0)
+    assert value.shape == () and np.isfinite(value) and np.isfinite(grad)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: losses.denoising_score_matching(VP, weighting="kl"), "weighting"),
+        (lambda: losses.denoising_score_matching(VP, eps=0.0), "eps"),
+        (lambda: losses.denoising_score_matching(VP, eps=1.0), "eps"),
+        (lambda: losses.implicit_score_matching(VP, eps=-1e-3), "eps"),
+        (lambda: losses.sliced_score_matching(VP, n_projections=0), "n_projections"),
+        (lambda: losses.sliced_score_matching(VP, projection="sphere"), "probe"),
+    ],
+)
+def test_bad_options_raise_value_errors(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_sde_must_be_an_sde():
+    with pytest.raises(TypeError, match="sde"):
+        losses.denoising_score_matching("VP")

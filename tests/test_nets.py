@@ -1,0 +1,125 @@
+"""companion.nets: shapes, the noise-prediction parametrisation, batch independence, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from companion import nets
+from companion import sde as sdes
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return nets.ScoreMLP(2, hidden=32, depth=2, rngs=nnx.Rngs(0))
+
+
+def test_score_mlp_is_a_score_function(mlp):
+    x = jax.random.normal(jax.random.key(1), (5, 2))
+    assert mlp(x, 0.3).shape == (5, 2)
+    out = mlp(x, jnp.linspace(0.1, 1.0, 5))
+    assert out.shape == (5, 2) and out.dtype == x.dtype and np.all(np.isfinite(out))
+    # a scalar t is the same t for every sample
+    np.testing.assert_allclose(mlp(x, 0.3), mlp(x, jnp.full(5, 0.3)), rtol=1e-6)
+
+
+def test_score_mlp_flattens_data_of_any_shape():
+    model = nets.ScoreMLP((3, 4), hidden=16, depth=1, rngs=nnx.Rngs(0))
+    x = jnp.ones((2, 3, 4))
+    assert model(x, 0.5).shape == (2, 3, 4)
+
+
+def test_time_matters(mlp):
+    x = jnp.ones((1, 2))
+    assert not np.allclose(mlp(x, 0.1), mlp(x, 0.9))
+
+
+def test_samples_do_not_interact(mlp):
+    x = jax.random.normal(jax.random.key(2), (4, 2))
+    t = jnp.linspace(0.2, 0.8, 4)
+    jac = jax.jacfwd(lambda y: mlp(y, t))(x)  # (4, 2, 4, 2)
+    off = jac.copy()
+    for i in range(4):
+        off = off.at[i, :, i, :].set(0.0)
+    assert np.all(off == 0.0)
+
+
+@pytest.mark.parametrize("embedding", ["fourier", "sinusoidal"])
+@pytest.mark.parametrize("sde", [sdes.VP(), sdes.VE()], ids=["VP", "VE"])
+def test_noise_prediction_parametrisation(embedding, sde):
+    """score = network(x / sqrt(m^2 + s^2), u) / s(t), u = normalised log noise level."""
+    model = nets.ScoreMLP(2, hidden=16, depth=2, embedding=embedding, sde=sde, rngs=nnx.Rngs(3))
+    x = jax.random.normal(jax.random.key(4), (6, 2)) * 3
+    t = jnp.array([1e-3, 0.01, 0.1, 0.3, 0.7, 1.0])
+    m, s = sde.mean_coefficient(t)[:, None], sde.kernel_std(t)[:, None]
+    raw = model.out(model.trunk(x / jnp.sqrt(m**2 + s**2), nets.time_input(t, sde)))
+    np.testing.assert_allclose(model(x, t) * s, raw, rtol=2e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("sde", [sdes.VP(), sdes.VE(), sdes.SubVP()], ids=["VP", "VE", "SubVP"])
+def test_time_input_is_the_normalised_log_noise_level(sde):
+    u = nets.time_input(jnp.array([nets.T_MIN, 0.01, 0.5, 1.0]), sde)
+    np.testing.assert_allclose(np.asarray(u)[[0, 3]], [0.0, 1.0], atol=1e-5)
+    assert np.all(np.diff(np.asarray(u)) > 0)
+    t = jnp.array([0.2, 0.9])
+    np.testing.assert_array_equal(nets.time_input(t, None), t)
+
+
+def test_fourier_frequencies_are_not_trained(mlp):
+    params = nnx.to_pure_dict(nnx.state(mlp, nnx.Param))
+    assert "frequencies" not in params["trunk"].get("embed", {})
+    buffers = nnx.to_pure_dict(nnx.state(mlp, nets.Buffer))
+    assert buffers["trunk"]["embed"]["frequencies"].shape == (16,)
+    assert nets.count_params(mlp) > 0
+
+
+def test_time_classifier_gives_logits():
+    clf = nets.TimeClassifier(2, 4, hidden=16, depth=2, rngs=nnx.Rngs(0))
+    x = jnp.zeros((7, 2))
+    assert clf(x, 0.5).shape == (7, 4)
+    grad = jax.grad(lambda y: jax.nn.log_softmax(clf(y, 0.5))[:, 1].sum())(x)
+    assert grad.shape == (7, 2)
+
+
+def test_models_jit():
+    model = nets.ScoreMLP(2, hidden=8, depth=1, rngs=nnx.Rngs(0))
+    f = nnx.jit(lambda m, x, t: m(x, t))
+    np.testing.assert_allclose(f(model, jnp.ones((3, 2)), 0.5), model(jnp.ones((3, 2)), 0.5), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, err, match",
+    [
+        (dict(dim=0), ValueError, "dim"),
+        (dict(dim="2"), ValueError, "dim"),
+        (dict(dim=2.0), TypeError, "dim"),
+        (dict(dim=2, hidden=0), ValueError, "hidden"),
+        (dict(dim=2, depth=1.5), TypeError, "depth"),
+        (dict(dim=2, embed_dim=7), ValueError, "embed_dim"),
+        (dict(dim=2, embedding="learned"), ValueError, "embedding"),
+        (dict(dim=2, sde="VP"), TypeError, "sde"),
+    ],
+)
+def test_bad_construction_names_the_argument(kwargs, err, match):
+    dim = kwargs.pop("dim")
+    with pytest.raises(err, match=match):
+        nets.ScoreMLP(dim, rngs=nnx.Rngs(0), **kwargs)
+
+
+def test_bad_rngs():
+    with pytest.raises(TypeError, match="rngs"):
+        nets.ScoreMLP(2, rngs=0)
+    with pytest.raises(ValueError, match="n_classes"):
+        nets.TimeClassifier(2, 0, rngs=nnx.Rngs(0))
+
+
+def test_bad_call_names_the_argument(mlp):
+    with pytest.raises(ValueError, match="x"):
+        mlp(jnp.ones((3, 3)), 0.5)
+    with pytest.raises(ValueError, match="x"):
+        mlp(jnp.ones(2), 0.5)
+    with pytest.raises(ValueError, match="t"):
+        mlp(jnp.ones((3, 2)), jnp.ones(4))
+    with pytest.raises(TypeError, match="x"):
+        mlp(jnp.ones((3, 2), dtype=jnp.int32), 0.5)

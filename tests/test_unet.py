@@ -1,0 +1,111 @@
+"""companion.nets.UNet: shapes, time conditioning, independence of samples, bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from companion import nets
+from companion.sde import VP
+
+
+def _random_unet(shape=(8, 8, 1), seed=0, **kwargs):
+    """A UNet with every parameter drawn at random, built from its shapes (running the real
+    initialisers eagerly takes seconds): the zero-initialised output convolutions would
+    otherwise make the output 0 whatever the input and the time."""
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: nets.UNet(shape, **kwargs, rngs=nnx.Rngs(0))))
+    leaves, tree = jax.tree.flatten(state)
+    sizes = [int(np.prod(leaf.shape)) for leaf in leaves]
+    flat = 0.2 * jax.random.normal(jax.random.key(seed), (sum(sizes),))
+    parts = jnp.split(flat, np.cumsum(sizes)[:-1])
+    return nnx.merge(graphdef, jax.tree.unflatten(tree, [p.reshape(l.shape) for p, l in zip(parts, leaves)]))
+
+
+SMALL = dict(features=(8, 16), embed_dim=16, groups=4)
+
+
+@pytest.fixture(scope="module")
+def unet():
+    return _random_unet(**SMALL)
+
+
+# one compilation per input shape instead of hundreds of eager operations
+run = nnx.jit(lambda model, x, t: model(x, t))
+
+
+def test_shapes_and_dtype(unet):
+    x = jax.random.normal(jax.random.key(1), (5, 8, 8, 1))
+    out = run(unet, x, 0.3)
+    assert out.shape == x.shape and out.dtype == jnp.float32
+    assert jnp.all(jnp.isfinite(out))
+    np.testing.assert_allclose(run(unet, x, jnp.full(5, 0.3)), out, rtol=1e-5, atol=1e-6)
+    # three levels and several channels: 16x8 images, 3 channels
+    m = _random_unet((16, 8, 3), features=(4, 8, 8), embed_dim=8, groups=2)
+    assert run(m, jnp.ones((2, 16, 8, 3)), jnp.array([0.1, 0.9])).shape == (2, 16, 8, 3)
+
+
+def test_initial_output_is_zero():
+    """Zero-initialised output convolution: an untrained model predicts a zero score."""
+    fresh = nets.UNet((8, 8, 1), features=(4,), embed_dim=4, groups=2, rngs=nnx.Rngs(0))
+    assert float(jnp.max(jnp.abs(run(fresh, jnp.ones((2, 8, 8, 1)), 0.5)))) == 0.0
+
+
+def test_time_conditioning_changes_the_output(unet):
+    x = jax.random.normal(jax.random.key(2), (4, 8, 8, 1))
+    a, b = run(unet, x, 0.1), run(unet, x, 0.9)
+    assert float(jnp.mean(jnp.abs(a - b))) > 1e-2 * float(jnp.mean(jnp.abs(a)))
+    # per-sample times: sample i sees its own t_i
+    ts = jnp.array([0.1, 0.9, 0.1, 0.9])
+    mixed = run(unet, x, ts)
+    np.testing.assert_allclose(mixed[0], a[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(mixed[1], b[1], rtol=1e-5, atol=1e-5)
+
+
+def test_samples_do_not_interact(unet):
+    """GroupNorm is per sample: the output of one sample is the same alone or in a batch, so
+    the Jacobian is block diagonal (what the divergence estimators assume)."""
+    x = jax.random.normal(jax.random.key(3), (6, 8, 8, 1))
+    together = run(unet, x, 0.4)
+    alone = jnp.concatenate([run(unet, x[i : i + 1], 0.4) for i in range(6)])
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_noise_prediction_parametrisation():
+    """With an SDE the output is divided by the kernel std s(t), as in ScoreMLP."""
+    sde = VP()
+    plain = _random_unet(features=(8,), embed_dim=8, groups=4)
+    graphdef, state = nnx.split(plain)
+    with_sde = nnx.merge(*nnx.split(nnx.eval_shape(
+        lambda: nets.UNet((8, 8, 1), features=(8,), embed_dim=8, groups=4, sde=sde, rngs=nnx.Rngs(0))))[:1], state)
+    x = jax.random.normal(jax.random.key(4), (3, 8, 8, 1))
+    t = 0.5
+    scaled = x / jnp.sqrt(sde.mean_coefficient(t) ** 2 + sde.kernel_std(t) ** 2)
+    np.testing.assert_allclose(run(with_sde, x, t), run(plain, scaled, t) / sde.kernel_std(t), rtol=1e-4, atol=1e-5)
+
+
+def test_gradients_reach_every_parameter(unet):
+    x = jax.random.normal(jax.random.key(5), (4, 8, 8, 1))
+    grads = nnx.jit(nnx.grad(lambda m: jnp.sum(m(x, 0.5) ** 2)))(unet)
+    norms = [float(jnp.linalg.norm(g)) for g in jax.tree.leaves(grads)]
+    assert all(np.isfinite(norms)) and min(norms) > 0
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"shape": (8, 8)}, "shape"), ({"shape": (6, 8, 1), "features": (4, 8, 8)}, "divisible"),
+    ({"features": ()}, "features"), ({"features": (0, 4)}, "features"), ({"sde": "VP"}, "sde"),
+])
+def test_bad_construction(kwargs, match):
+    args = {"shape": (8, 8, 1), "features": (4, 8)}
+    args.update(kwargs)
+    with pytest.raises((ValueError, TypeError), match=match):
+        nets.UNet(args.pop("shape"), **args, rngs=nnx.Rngs(0))
+
+
+def test_bad_input(unet):
+    with pytest.raises(ValueError, match="x"):
+        unet(jnp.ones((2, 8, 8)), 0.5)
+    with pytest.raises(ValueError, match="t"):
+        unet(jnp.ones((2, 8, 8, 1)), jnp.ones(3))
+    with pytest.raises(TypeError, match="x"):
+        unet(jnp.ones((2, 8, 8, 1), jnp.int32), 0.5)
