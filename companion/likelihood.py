@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from companion.sde import LinearSDE, ScoreFn, _check_x
+from companion.sde import LinearSDE, ScoreFn, _check_x, check_cutoff
 
 BatchFn = Callable[[jax.Array], jax.Array]
 
@@ -88,14 +88,6 @@ def probes(key, shape, *, kind: str = "rademacher", dtype=jnp.float32) -> jax.Ar
 # --------------------------------------------------------------------------- log-likelihood
 
 
-def _check_interval(sde: LinearSDE, eps) -> float:
-    if not isinstance(sde, LinearSDE):
-        raise TypeError(f"sde: expected a companion.sde SDE, got {type(sde).__name__}")
-    eps = float(eps)
-    if not 0 < eps < sde.T:
-        raise ValueError(f"eps: must lie in (0, T) = (0, {sde.T}), got {eps}")
-    return eps
-
 
 def log_prob(sde: LinearSDE, score_fn: ScoreFn, x, *, key=None, eps: float = 1e-5,
              rtol: float = 1e-5, atol: float = 1e-5, n_probes: int = 1, probe: str = "rademacher",
@@ -127,7 +119,7 @@ def log_prob(sde: LinearSDE, score_fn: ScoreFn, x, *, key=None, eps: float = 1e-
     m(T) E[x_0] x_T, up to 0.02 nats for data with mean 0.8 (chapter 5 measures it); for
     VE it is of order |x_0| |x_T| / sigma_max^2.
     """
-    eps = _check_interval(sde, eps)
+    eps = check_cutoff(sde, eps)
     x = _check_x(x)
     if not callable(score_fn):
         raise TypeError(f"score_fn: expected a function score_fn(x, t), got {type(score_fn).__name__}")

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from companion.likelihood import exact_divergence, hutchinson_divergence, probes
-from companion.sde import LinearSDE, _check_x, batch_broadcast
+from companion.sde import LinearSDE, _check_x, batch_broadcast, check_cutoff
 
 WEIGHTINGS = ("sigma2", "likelihood", "none")
 
@@ -54,14 +54,6 @@ def weighting_fn(sde: LinearSDE, weighting: str) -> Callable:
         return lambda t: jnp.ones_like(jnp.asarray(t))
     raise ValueError(f"weighting: expected one of {WEIGHTINGS}, got {weighting!r}")
 
-
-def _check_common(sde, eps):
-    if not isinstance(sde, LinearSDE):
-        raise TypeError(f"sde: expected a companion.sde SDE, got {type(sde).__name__}")
-    eps = float(eps)
-    if not 0 < eps < sde.T:
-        raise ValueError(f"eps: must lie in (0, T) = (0, {sde.T}), got {eps}")
-    return eps
 
 
 class TimeSampler:
@@ -145,7 +137,7 @@ def denoising_score_matching(sde: LinearSDE, *, weighting: str = "sigma2", impor
     1/t for the likelihood weighting and ``"none"``, so with ``eps -> 0`` the estimator's
     variance (and for a model that is not exact at t = 0, its mean) grows without bound.
     """
-    eps = _check_common(sde, eps)
+    eps = check_cutoff(sde, eps)
     lam = weighting_fn(sde, weighting)
     sampler = TimeSampler(lambda t: lam(t) / sde.kernel_std(t) ** 2, eps, sde.T) if importance_sampling else None
 
@@ -179,7 +171,7 @@ def implicit_score_matching(sde: LinearSDE, *, weighting: str = "sigma2", eps: f
     (Hyvarinen 2005), so its gradients agree in expectation with those of
     :func:`denoising_score_matching` with the same weighting.
     """
-    eps = _check_common(sde, eps)
+    eps = check_cutoff(sde, eps)
     lam = weighting_fn(sde, weighting)
 
     def per_sample(model, x0, key):
@@ -205,7 +197,7 @@ def sliced_score_matching(sde: LinearSDE, *, weighting: str = "sigma2", eps: flo
     ``variance_reduction=True`` the second term is ``|| model ||^2 / 2``, its exact
     expectation (SSM-VR).
     """
-    eps = _check_common(sde, eps)
+    eps = check_cutoff(sde, eps)
     lam = weighting_fn(sde, weighting)
     if isinstance(n_projections, bool) or not isinstance(n_projections, int) or n_projections < 1:
         raise ValueError(f"n_projections: expected a positive int, got {n_projections!r}")
@@ -237,7 +229,7 @@ def fisher_divergence(sde: LinearSDE, true_score: Callable, *, weighting: str = 
     Per sample: ``lambda(t) || model(x_t, t) - true_score(x_t, t) ||^2 / 2``. Used to check
     that the three practical losses differ from it by a constant.
     """
-    eps = _check_common(sde, eps)
+    eps = check_cutoff(sde, eps)
     lam = weighting_fn(sde, weighting)
 
     def per_sample(model, x0, key):

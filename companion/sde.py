@@ -80,6 +80,19 @@ def check_time(t, T: float, *, allow_zero: bool) -> None:
         raise ValueError(f"t: every time must lie in {interval}, got values in [{tv.min()}, {tv.max()}]")
 
 
+def check_cutoff(sde, eps) -> float:
+    """Check that ``sde`` is a linear SDE of this module and 0 < ``eps`` < T; return ``eps``.
+
+    ``eps`` is the t-epsilon cut-off of the losses and the likelihood (chapters 3 to 5).
+    """
+    if not isinstance(sde, LinearSDE):
+        raise TypeError(f"sde: expected a companion.sde SDE, got {type(sde).__name__}")
+    eps = float(eps)
+    if not 0 < eps < sde.T:
+        raise ValueError(f"eps: must lie in (0, T) = (0, {sde.T}), got {eps}")
+    return eps
+
+
 def _check_x(x) -> jax.Array:
     x = jnp.asarray(x)
     if x.ndim < 1:
