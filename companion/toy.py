@@ -13,6 +13,7 @@ log-sum-exp, so it stays finite in float32 far from every mode.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -45,6 +46,27 @@ def _log_prob_and_score(x, means, chol, log_weights):
     log_p = logsumexp(log_pk)
     resp = jnp.exp(log_pk - log_p)  # responsibilities r_k(x), summing to 1
     return log_p, resp @ scores
+
+
+# The per-point formulas, vmapped over a batch and compiled once per shape: run op by op,
+# each of their dozen primitives would be compiled on its own for every new batch size.
+@jax.jit
+def _batch_log_prob_and_score(x, means, chol, weights):
+    return jax.vmap(lambda xi: _log_prob_and_score(xi, means, chol, jnp.log(weights)))(x)
+
+
+@jax.jit
+def _batch_responsibilities(x, means, chol, weights):
+    f = lambda xi: jax.nn.softmax(_component_terms(xi, means, chol, jnp.log(weights))[0])
+    return jax.vmap(f)(x)
+
+
+@functools.partial(jax.jit, static_argnums=4)
+def _sample(key, means, chol, weights, n):
+    k_label, k_noise = jax.random.split(key)
+    labels = jax.random.categorical(k_label, jnp.log(weights), shape=(n,))
+    z = jax.random.normal(k_noise, (n, means.shape[1]), means.dtype)
+    return means[labels] + jnp.einsum("nij,nj->ni", chol[labels], z), labels
 
 
 @jax.tree_util.register_pytree_node_class
@@ -108,29 +130,23 @@ class GaussianMixture:
 
     def sample(self, key, n: int, *, return_labels: bool = False):
         """``n`` samples, shape ``(n, d)`` (and their component labels ``(n,)`` if asked)."""
-        k_label, k_noise = jax.random.split(key)
-        labels = jax.random.categorical(k_label, jnp.log(self.weights), shape=(n,))
-        z = jax.random.normal(k_noise, (n, self.dim), self.means.dtype)
-        x = self.means[labels] + jnp.einsum("nij,nj->ni", self.chol[labels], z)
+        x, labels = _sample(key, self.means, self.chol, self.weights, n)
         return (x, labels) if return_labels else x
 
     def log_prob(self, x):
         """log p(x), shape ``(n,)``."""
         x = self._check_points(x)
-        f = lambda xi: _log_prob_and_score(xi, self.means, self.chol, jnp.log(self.weights))[0]
-        return jax.vmap(f)(x)
+        return _batch_log_prob_and_score(x, self.means, self.chol, self.weights)[0]
 
     def score(self, x):
         """grad_x log p(x), shape ``(n, d)``."""
         x = self._check_points(x)
-        f = lambda xi: _log_prob_and_score(xi, self.means, self.chol, jnp.log(self.weights))[1]
-        return jax.vmap(f)(x)
+        return _batch_log_prob_and_score(x, self.means, self.chol, self.weights)[1]
 
     def responsibilities(self, x):
         """p(component k | x), shape ``(n, K)``: the exact classifier of chapter 6."""
         x = self._check_points(x)
-        f = lambda xi: jax.nn.softmax(_component_terms(xi, self.means, self.chol, jnp.log(self.weights))[0])
-        return jax.vmap(f)(x)
+        return _batch_responsibilities(x, self.means, self.chol, self.weights)
 
     def perturbed(self, sde: LinearSDE, t) -> "GaussianMixture":
         """The exact marginal p_t of data from this mixture under ``sde``, at a scalar ``t``."""
@@ -160,9 +176,8 @@ def exact_score(mix: GaussianMixture, sde: LinearSDE) -> ScoreFn:
     evals, evecs = jnp.linalg.eigh(mix.covs)  # (K, d), (K, d, d); Sigma_k = U diag(l) U^T
     d = mix.dim
 
-    def score_fn(x, t):
-        x = mix._check_points(x)
-        check_time(t, sde.T, allow_zero=False)
+    @jax.jit  # one compiled program per shape, also when a chapter calls it outside a sampler
+    def perturbed_score(x, t):
         t = jnp.broadcast_to(jnp.asarray(t, dtype=x.dtype), (x.shape[0],))
         m = sde.mean_coefficient(t)[:, None, None]  # (n, 1, 1)
         s = sde.kernel_std(t)[:, None, None]
@@ -173,6 +188,11 @@ def exact_score(mix: GaussianMixture, sde: LinearSDE) -> ScoreFn:
         scores = -jnp.einsum("kij,nkj->nki", u, y / lam)  # -(m^2 Sigma + s^2 I)^{-1} (x - m mu)
         resp = jax.nn.softmax(log_pk, axis=-1)  # responsibilities, a log-sum-exp inside
         return jnp.einsum("nk,nki->ni", resp, scores).astype(x.dtype)
+
+    def score_fn(x, t):
+        x = mix._check_points(x)
+        check_time(t, sde.T, allow_zero=False)
+        return perturbed_score(x, t)
 
     return score_fn
 
