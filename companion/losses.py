@@ -113,6 +113,14 @@ def _uniform_times(key, n, eps, T, dtype):
     return jax.random.uniform(key, (n,), dtype, minval=eps, maxval=T)
 
 
+def _uniform_perturbed(sde: LinearSDE, key, x0, eps):
+    """``t ~ U(eps, T)`` per sample, ``x_t`` from the kernel p_0t, and a key left for the loss."""
+    k_t, k_x, k_rest = jax.random.split(key, 3)
+    t = _uniform_times(k_t, x0.shape[0], eps, sde.T, x0.dtype)
+    xt, _ = sde.perturb(k_x, x0, t)
+    return t, xt, k_rest
+
+
 def _sq_norm(a):
     return jnp.sum(a.reshape(a.shape[0], -1) ** 2, axis=1)
 
@@ -175,9 +183,7 @@ def implicit_score_matching(sde: LinearSDE, *, weighting: str = "sigma2", eps: f
     lam = weighting_fn(sde, weighting)
 
     def per_sample(model, x0, key):
-        k_t, k_x, _ = jax.random.split(key, 3)
-        t = _uniform_times(k_t, x0.shape[0], eps, sde.T, x0.dtype)
-        xt, _ = sde.perturb(k_x, x0, t)
+        t, xt, _ = _uniform_perturbed(sde, key, x0, eps)
         fn = lambda x: model(x, t)
         return lam(t) * (exact_divergence(fn, xt) + _sq_norm(fn(xt)) / 2)
 
@@ -204,10 +210,8 @@ def sliced_score_matching(sde: LinearSDE, *, weighting: str = "sigma2", eps: flo
     probes(jax.random.key(0), (1,), kind=projection)  # validates ``projection``
 
     def per_sample(model, x0, key):
-        k_t, k_x, k_v = jax.random.split(key, 3)
+        t, xt, k_v = _uniform_perturbed(sde, key, x0, eps)
         n = x0.shape[0]
-        t = _uniform_times(k_t, n, eps, sde.T, x0.dtype)
-        xt, _ = sde.perturb(k_x, x0, t)
         v = probes(k_v, (n_projections,) + x0.shape, kind=projection, dtype=x0.dtype)
         fn = lambda x: model(x, t)
         score = fn(xt)
@@ -233,9 +237,7 @@ def fisher_divergence(sde: LinearSDE, true_score: Callable, *, weighting: str = 
     lam = weighting_fn(sde, weighting)
 
     def per_sample(model, x0, key):
-        k_t, k_x, _ = jax.random.split(key, 3)
-        t = _uniform_times(k_t, x0.shape[0], eps, sde.T, x0.dtype)
-        xt, _ = sde.perturb(k_x, x0, t)
+        t, xt, _ = _uniform_perturbed(sde, key, x0, eps)
         return lam(t) * _sq_norm(model(xt, t) - true_score(xt, t)) / 2
 
     return Loss("fisher_divergence", per_sample, weighting=weighting, eps=eps)

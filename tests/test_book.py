@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import http.server
-import importlib.util
 import os
 import re
 import subprocess
@@ -35,21 +34,10 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-sys.path.insert(0, str(ROOT / "book" / "_ext"))
-
-import course  # noqa: E402
+from book_tools import course, notebooks  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("course_notebooks", ROOT / "book" / "_tools" / "notebooks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-notebooks = _load_tool()
 PAGES = notebooks.toc_files(ROOT)  # docnames, e.g. "book/01_odes"
 CONFIG = notebooks.load_config(ROOT)
 

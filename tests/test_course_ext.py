@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 import textwrap
-from pathlib import Path
 
 import nbformat
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "book" / "_ext"))
-
-import course  # noqa: E402
+from book_tools import course
 
 STUB = course.STUB_STATEMENT
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -14,19 +13,7 @@ import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "book" / "_ext"))
-
-import course  # noqa: E402
-
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("course_notebooks", ROOT / "book" / "_tools" / "notebooks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-notebooks = _load_tool()
+from book_tools import course, notebooks  # noqa: E402
 CHAPTERS = notebooks.chapter_sources(ROOT)
 
 
