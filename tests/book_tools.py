@@ -1,6 +1,7 @@
 """The book's own tools, for the tests of the book: the Sphinx extension
 ``book/_ext/course.py`` and the notebook tool ``book/_tools/notebooks.py`` are scripts in
-the book's tree, not parts of the companion package, so they are loaded from their files."""
+the book's tree, not parts of the companion package, so they are loaded from their files.
+``ROOT`` is the repository root."""
 
 from __future__ import annotations
 

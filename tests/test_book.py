@@ -19,8 +19,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from book_tools import ROOT, course, notebooks
 
-ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "_build"
 HTML = BUILD / "html"
 SCREENSHOTS = BUILD / "screenshots"
@@ -34,7 +34,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-from book_tools import course, notebooks  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from book_tools import ROOT, course, notebooks
 
-ROOT = Path(__file__).resolve().parents[1]
-from book_tools import course, notebooks  # noqa: E402
 CHAPTERS = notebooks.chapter_sources(ROOT)
 
 
