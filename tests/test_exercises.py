@@ -1,9 +1,23 @@
 """The exercise framework: registry, book order, argument errors, references pass."""
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
 from companion import exercises
+from companion.exercises import _core
 from companion.exercises._core import exercise
+
+
+@pytest.fixture(autouse=True)
+def progress_file(tmp_path, monkeypatch):
+    """Every test gets its own progress file (never the reader's real one)."""
+    path = tmp_path / "data" / "progress.json"
+    monkeypatch.setenv(_core.PROGRESS_ENV, str(path))
+    return path
 
 
 def test_names_are_in_book_order():
@@ -42,3 +56,90 @@ def test_every_reference_passes_its_own_check(name, capsys):
     assert ex.hint and isinstance(ex.chapter, int) and ex.chapter >= 1
     assert exercises.check(name, ex.reference) is True
     assert capsys.readouterr().out.startswith(f"✓ {name}")
+
+
+def test_hint_gives_the_second_hint_as_text():
+    for name in exercises.names():
+        text = exercises.hint(name)
+        assert isinstance(text, str) and text.startswith(name)
+        assert repr(text) == str(text)  # a notebook shows it without quotes
+        ex = exercises.get(name)
+        assert (ex.hint2 or ex.hint) in text
+
+
+def test_hint_of_an_unknown_exercise_raises_value_error():
+    with pytest.raises(ValueError, match="name"):
+        exercises.hint("no_such_exercise")
+
+
+def test_a_failure_points_to_the_second_hint(capsys):
+    exercises.check("euler_step", lambda f, y, t, h: y)
+    out = capsys.readouterr().out
+    assert "Hint:" in out
+    if exercises.get("euler_step").hint2:
+        assert "exercises.hint('euler_step')" in out
+
+
+def test_progress_starts_empty_and_records_passes(progress_file):
+    p = exercises.progress()
+    assert list(p) == exercises.names() and not any(p.values())
+    ex = exercises.get("euler_step")
+    assert exercises.check("euler_step", ex.reference, verbose=False)
+    assert not exercises.check("heun_step", lambda f, y, t, h: y, verbose=False)
+    p = exercises.progress()
+    assert p.passed == ["euler_step"]
+    assert "1 of" in repr(p) and "✓ euler_step" in repr(p) and "· heun_step" in repr(p)
+    assert "euler_step" in json.loads(progress_file.read_text())["passed"]
+
+
+@pytest.mark.parametrize("content", ["", "{not json", "[1, 2]", '{"passed": 3}', "\x00\xff"])
+def test_a_corrupt_progress_file_is_no_progress(progress_file, content):
+    progress_file.parent.mkdir(parents=True)
+    progress_file.write_text(content)
+    assert not any(exercises.progress().values())
+    # and the next pass repairs it
+    assert exercises.check("euler_step", exercises.get("euler_step").reference, verbose=False)
+    assert exercises.progress().passed == ["euler_step"]
+
+
+def test_an_unwritable_progress_file_never_breaks_check(tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setenv(_core.PROGRESS_ENV, str(blocker / "sub" / "progress.json"))
+    assert exercises.check("euler_step", exercises.get("euler_step").reference, verbose=False)
+    assert not any(exercises.progress().values())
+
+
+def test_progress_is_kept_across_kernels(progress_file):
+    # A pass in one Python process is seen by a fresh one.
+    code = (
+        "from companion import exercises as e; import sys; "
+        "ok = e.check('euler_step', e.get('euler_step').reference, verbose=False); "
+        "sys.exit(0 if ok else 1)"
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)
+    code = "from companion import exercises as e; print(e.progress().passed)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    assert out.strip() == "['euler_step']"
+
+
+@pytest.mark.parametrize(
+    "platform, env, expected",
+    [
+        ("linux", {"XDG_DATA_HOME": "/xdg"}, "/xdg/score-sde-course/progress.json"),
+        ("linux", {}, "HOME/.local/share/score-sde-course/progress.json"),
+        ("darwin", {}, "HOME/Library/Application Support/score-sde-course/progress.json"),
+        ("win32", {"APPDATA": "/appdata"}, "/appdata/score-sde-course/progress.json"),
+    ],
+)
+def test_progress_path_follows_the_platform(monkeypatch, platform, env, expected):
+    monkeypatch.delenv(_core.PROGRESS_ENV)
+    for var in ("XDG_DATA_HOME", "APPDATA"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setattr(_core.sys, "platform", platform)
+    home = str(_core.Path.home())
+    assert str(exercises.progress_path()) == expected.replace("HOME", home)

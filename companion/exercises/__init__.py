@@ -7,9 +7,19 @@ with a reference, edge cases) and prints pass or fail with a hint, never the ans
     from companion import exercises
     exercises.names()                      # every exercise, in book order
     exercises.check("euler_step", my_euler_step)
+    exercises.hint("euler_step")           # a second, more concrete hint
+    exercises.progress()                   # which exercises you have passed so far
 """
 
-from companion.exercises._core import Mismatch, check, get, names
+from companion.exercises._core import (
+    Mismatch,
+    check,
+    get,
+    hint,
+    names,
+    progress,
+    progress_path,
+)
 
 # Importing a chapter's module registers its exercises (book order is by chapter number).
 from companion.exercises import odes  # noqa: F401  chapter 1
@@ -17,4 +27,4 @@ from companion.exercises import sdes, reverse  # noqa: F401  chapters 2 and 3
 from companion.exercises import score_matching, flow  # noqa: F401  chapters 4, 5
 from companion.exercises import mixtures, images  # noqa: F401  chapters 6, 7
 
-__all__ = ["check", "names", "get", "Mismatch"]
+__all__ = ["check", "names", "get", "hint", "progress", "progress_path", "Mismatch"]

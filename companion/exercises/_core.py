@@ -1,7 +1,8 @@
 """The machinery behind :func:`check`: a registry of exercises and their hidden tests.
 
-An exercise is a name, the chapter it belongs to, a hint, a reference solution and a
-*hidden test*: a function ``test(fn)`` that calls the reader's ``fn`` on inputs the
+An exercise is a name, the chapter it belongs to, two hints (the first points to the
+idea and is printed by :func:`check` on a failure; the second, more concrete, is what
+:func:`hint` gives), a reference solution and a *hidden test*: a function ``test(fn)`` that calls the reader's ``fn`` on inputs the
 reader does not see and raises :class:`Mismatch` when an answer is wrong. The message
 of a :class:`Mismatch` says *how* the answer is wrong (shape, NaN, size of the error,
 which case) and never what the right value is.
@@ -10,6 +11,10 @@ which case) and never what the right value is.
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import json
+import os
+import sys
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -28,21 +33,49 @@ class Exercise:
     hint: str
     test: Callable[[Callable], None]
     reference: Callable
+    hint2: str = ""
 
 
 _REGISTRY: dict[str, Exercise] = {}
 
 
-def exercise(name: str, *, chapter: int, hint: str, reference: Callable):
-    """Register ``test`` (the decorated function) as the hidden test of exercise ``name``."""
+def exercise(
+    name: str, *, chapter: int, hint: str, reference: Callable, hint2: str = ""
+):
+    """Register ``test`` (the decorated function) as the hidden test of exercise ``name``.
+
+    ``hint`` is printed by :func:`check` when an answer fails: it points to the idea
+    (which equation, which quantity). ``hint2`` is the second, more concrete hint that
+    :func:`hint` gives on request. Neither contains the answer's formula or code.
+    """
 
     def register(test: Callable[[Callable], None]):
         if name in _REGISTRY:
             raise ValueError(f"exercise {name!r} is registered twice")
-        _REGISTRY[name] = Exercise(name, chapter, hint, test, reference)
+        _REGISTRY[name] = Exercise(name, chapter, hint, test, reference, hint2)
         return test
 
     return register
+
+
+class Text(str):
+    """A string that a notebook displays as plain text (no quotes, no escapes)."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def hint(name: str) -> Text:
+    """The second, more concrete hint of exercise ``name`` (never the answer).
+
+    The first hint is printed by :func:`check` when an answer fails; this one says more
+    about how to get there. Returned as text, so a notebook cell
+    ``exercises.hint("euler_step")`` shows it.
+    """
+    ex = get(name)
+    if ex.hint2:
+        return Text(f"{name}: {ex.hint2}")
+    return Text(f"{name}: {ex.hint}")
 
 
 def names() -> list[str]:
@@ -75,14 +108,22 @@ def check(name: str, fn: Callable, *, verbose: bool = True) -> bool:
     except NotImplementedError:
         return _report(verbose, f"✗ {name}: not attempted yet (the stub still raises NotImplementedError).")
     except Mismatch as m:
-        return _report(verbose, f"✗ {name}: {m}\n  Hint: {ex.hint}")
+        return _report(verbose, f"✗ {name}: {m}\n  Hint: {ex.hint}{_more(ex)}")
     except Exception as e:  # the reader's code raised: show where, in their code only
         where = _last_frame_outside_companion(e)
         return _report(
             verbose,
-            f"✗ {name}: your function raised {type(e).__name__}: {e}{where}\n  Hint: {ex.hint}",
+            f"✗ {name}: your function raised {type(e).__name__}: {e}{where}"
+            f"\n  Hint: {ex.hint}{_more(ex)}",
         )
+    _record_pass(name)
     return _report(verbose, f"✓ {name}: all hidden tests passed.", passed=True)
+
+
+def _more(ex: Exercise) -> str:
+    if not ex.hint2:
+        return ""
+    return f"\n  Stuck? exercises.hint({ex.name!r}) gives a second hint."
 
 
 def _report(verbose: bool, text: str, passed: bool = False) -> bool:
@@ -103,6 +144,92 @@ def _last_frame_outside_companion(e: BaseException) -> str:
         return ""
     f = frames[-1]
     return f"\n  (raised at line {f.lineno}: {f.line})"
+
+
+# ------------------------------------------------------------------------------ progress
+
+#: Environment variable naming the progress file (a path); overrides the default.
+PROGRESS_ENV = "COMPANION_PROGRESS_FILE"
+
+
+def progress_path() -> Path:
+    """Where the passed exercises are kept: ``$COMPANION_PROGRESS_FILE`` if set, else
+    ``progress.json`` in the user's data directory (``$XDG_DATA_HOME`` or
+    ``~/.local/share`` on Linux and Colab, ``~/Library/Application Support`` on macOS,
+    ``%APPDATA%`` on Windows), in a folder ``score-sde-course``."""
+    override = os.environ.get(PROGRESS_ENV)
+    if override:
+        return Path(override).expanduser()
+    home = Path.home()
+    if sys.platform.startswith("win"):
+        base = Path(os.environ.get("APPDATA") or home / "AppData" / "Roaming")
+    elif sys.platform == "darwin":
+        base = home / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share")
+    return base / "score-sde-course" / "progress.json"
+
+
+def _read_passed() -> dict[str, str]:
+    # A missing, unreadable or corrupt file is no progress, never an error.
+    try:
+        data = json.loads(progress_path().read_text(encoding="utf-8"))
+        passed = data["passed"]
+        return {str(k): str(v) for k, v in passed.items()}
+    except Exception:
+        return {}
+
+
+def _record_pass(name: str) -> None:
+    # Best effort: a read-only home or a full disk must not break a notebook.
+    try:
+        passed = _read_passed()
+        if name in passed:
+            return
+        passed[name] = datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"
+        )
+        path = progress_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"version": 1, "passed": passed}, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+    except Exception:
+        pass
+
+
+class Progress(dict):
+    """Every exercise of the course (book order) mapped to whether it has been passed.
+
+    Displays as one line per chapter, ``✓`` for passed and ``·`` for not yet.
+    """
+
+    @property
+    def passed(self) -> list[str]:
+        return [n for n, ok in self.items() if ok]
+
+    def __repr__(self) -> str:
+        lines = [f"{len(self.passed)} of {len(self)} exercises passed "
+                 f"(kept in {progress_path()})"]
+        by_chapter: dict[int, list[str]] = {}
+        for n, ok in self.items():
+            by_chapter.setdefault(get(n).chapter, []).append(("✓ " if ok else "· ") + n)
+        for ch, items in by_chapter.items():
+            lines.append(f"  chapter {ch}: " + ", ".join(items))
+        return "\n".join(lines)
+
+    __str__ = __repr__
+
+
+def progress() -> Progress:
+    """Which exercises the reader has passed, kept across kernels in a small JSON file.
+
+    Every :func:`check` that passes is recorded in :func:`progress_path` (set the
+    environment variable ``COMPANION_PROGRESS_FILE`` to keep it elsewhere). A missing or
+    corrupt file counts as no progress.
+    """
+    passed = _read_passed()
+    return Progress((n, n in passed) for n in names())
 
 
 # --------------------------------------------------------------------------- comparisons
