@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from companion.sde import LinearSDE, ScoreFn, _check_x, check_cutoff
+from companion.sde import LinearSDE, ScoreFn, _check_x, batch_broadcast, check_cutoff
 
 BatchFn = Callable[[jax.Array], jax.Array]
 
@@ -110,14 +110,15 @@ def log_prob(sde: LinearSDE, score_fn: ScoreFn, x, *, key=None, eps: float = 1e-
             ``sde.prior_log_prob``, the model's own prior. (Passing the exact p_T of toy
             data isolates the error of the ODE solve.)
         return_stats: also return a dict with ``"num_steps"`` (solver steps per sample,
-            shape ``(n,)``) and ``"nfe"`` (drift evaluations per sample: Tsit5 makes 6 per
-            step plus 2 to choose the first step; each costs ``D`` JVPs when exact).
+            shape ``(n,)``) and ``"nfe"`` (drift evaluations per sample of the solver
+            passed, :func:`solver_nfe`: 6 per step plus 1 for Tsit5; each costs ``D`` JVPs
+            when exact).
 
     The error has three parts: the ODE solve (``rtol``, ``atol``), the score's error, and
     the replacement of p_T by the prior. The last is log p_T(x_T) - log N(x_T; 0, s(T)^2):
     for VP with the default betas p_T has mean m(T) E[x_0], m(T) = 0.0066, so it is about
-    m(T) E[x_0] x_T, up to 0.02 nats for data with mean 0.8 (chapter 5 measures it); for
-    VE it is of order |x_0| |x_T| / sigma_max^2.
+    m(T) E[x_0] x_T, up to 0.02 nats for data with mean 0.8 (``tests/test_likelihood.py``
+    measures it); for VE it is of order |x_0| |x_T| / sigma_max^2.
     """
     eps = check_cutoff(sde, eps)
     x = _check_x(x)
@@ -135,8 +136,26 @@ def log_prob(sde: LinearSDE, score_fn: ScoreFn, x, *, key=None, eps: float = 1e-
     logp, steps = _solve_log_prob(sde, _Static(score_fn), _Static(prior), solver, key is None, int(max_steps),
                                   x, v, eps, rtol, atol)
     if return_stats:
-        return logp, {"num_steps": steps, "nfe": 6 * steps + 2}
+        return logp, {"num_steps": steps, "nfe": solver_nfe(solver, steps)}
     return logp
+
+
+def solver_nfe(solver: diffrax.AbstractSolver, num_steps):
+    """Vector-field evaluations of ``solver`` for ``num_steps`` steps (accepted and rejected).
+
+    An explicit Runge-Kutta method with ``k`` stages makes ``k`` evaluations per step, one
+    fewer when its last stage is the next step's first (FSAL: Tsit5, Dopri5, Bosh3), plus
+    one at the start; Euler makes one per step. Checked against a counter in
+    ``tests/test_likelihood.py``. Each evaluation of the log-likelihood's field costs
+    ``D`` JVPs with the exact divergence.
+    """
+    tableau = getattr(solver, "tableau", None)
+    if tableau is not None:
+        fsal = int(bool(tableau.fsal))
+        return (tableau.num_stages - fsal) * num_steps + fsal
+    if isinstance(solver, diffrax.Euler):
+        return num_steps
+    raise TypeError(f"solver: cannot count the evaluations of {type(solver).__name__}")
 
 
 class _Static:
@@ -230,3 +249,95 @@ def nats_to_bits_per_dim(log_p_continuous, D: int, *, n_levels: int, data_range=
     """
     lo, hi = data_range
     return -(log_p_continuous + D * math.log((hi - lo) / n_levels)) / (D * math.log(2))
+
+
+# --------------------------------------------------------------------------- the SDE bound
+
+
+def sde_bound(sde: LinearSDE, score_fn: ScoreFn, x, key, *, n_t: int = 64, eps: float = 1e-5,
+              importance_sampling: bool = True, prior_log_prob: Callable | None = None):
+    """Upper bound on -log p(x) of the reverse-SDE model, in nats per sample, shape ``(n,)``.
+
+    The model: x_T from the prior pi, the reverse SDE with ``score_fn`` from T down to
+    ``eps`` (this gives a density p_eps^SDE), then the Gaussian decoder
+    x_0 ~ N(x_eps / m(eps), (s(eps) / m(eps))^2 I) that inverts the kernel
+    x_eps = m(eps) x_0 + s(eps) z. Its negative ELBO (Song, Durkan et al. 2021, Thm. 3;
+    Huang et al. 2021), with x_t = m(t) x + s(t) z (Eq. eq-sde-bound, chapter 5), is
+
+        -log p(x) <= -d log m(eps)                               reconstruction - entropy
+                     + E_z[-log pi(m(T) x + s(T) z)]             prior term
+                     + int_eps^T g(t)^2 E_z || score_fn(x_t, t) + z / s(t) ||^2 / 2 dt
+                     - d log(s(T) / s(eps)),                     d = prod(dims)
+
+    the last two lines being the denoising loss with the likelihood weighting
+    lambda(t) = g(t)^2 (chapter 4) minus its value for a model equal to the kernel's
+    score everywhere: -int (g^2 d / s^2 / 2 + d a(t)) dt = -d log(s(T) / s(eps)), since
+    (log s^2)' = 2 a + g^2 / s^2. For the exact score and the exact p_T as prior the
+    reverse SDE reproduces p_eps and the only slack is the decoder's
+    KL(q(x_eps | x) || p(x_eps | x)), which vanishes as eps -> 0.
+
+    The time integral is estimated with ``n_t`` draws of (t, z) per sample, t drawn with
+    density proportional to g(t)^2 / s(t)^2 (the importance sampling of chapter 4;
+    uniform when ``importance_sampling=False``). The prior term is exact for the default
+    prior N(0, s(T)^2 I); a ``prior_log_prob`` (``(n, *dims) -> (n,)``) is averaged over
+    the same ``n_t`` draws of z. The result is a Monte-Carlo estimate: unbiased for the
+    bound, so it exceeds -log p(x) only on average; its standard error is that of the
+    ``n_t`` terms (see ``tests/test_likelihood.py``).
+    """
+    from companion.losses import TimeSampler  # losses imports this module
+
+    eps = check_cutoff(sde, eps)
+    x = _check_x(x)
+    if not callable(score_fn):
+        raise TypeError(f"score_fn: expected a function score_fn(x, t), got {type(score_fn).__name__}")
+    if isinstance(n_t, bool) or not isinstance(n_t, int) or n_t < 1:
+        raise ValueError(f"n_t: expected a positive int, got {n_t!r}")
+    T = sde.T
+    if importance_sampling:
+        sampler = TimeSampler(lambda t: sde.diffusion(t) ** 2 / sde.kernel_std(t) ** 2, eps, T)
+        grid = (sampler.grid, sampler.cdf, sampler.density)
+    else:
+        grid = None
+    prior = None if prior_log_prob is None else _Static(prior_log_prob)
+    return _sde_bound(sde, _Static(score_fn), prior, int(n_t), x, key, eps, grid)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _sde_bound(sde, score_fn, prior, n_t, x, key, eps, grid):
+    n, dims = x.shape[0], x.shape[1:]
+    d = math.prod(dims)
+    T = sde.T
+    dtype = x.dtype
+    m_eps, s_eps = sde.mean_coefficient(eps), sde.kernel_std(eps)
+    m_T, s_T = sde.mean_coefficient(T), sde.kernel_std(T)
+    const = -d * jnp.log(m_eps) - d * jnp.log(s_T / s_eps)
+    sq = lambda a: jnp.sum(a.reshape(n, -1) ** 2, axis=1)
+
+    def one(carry, k):
+        k_t, k_z, k_p = jax.random.split(k, 3)
+        if grid is None:
+            t = jax.random.uniform(k_t, (n,), dtype, minval=eps, maxval=T)
+            w = jnp.full((n,), T - eps, dtype)  # 1 / r(t) for r uniform on [eps, T]
+        else:
+            g_t, cdf, dens = grid
+            u = jax.random.uniform(k_t, (n,), jnp.float32)
+            cell = jnp.clip(jnp.searchsorted(cdf, u, side="right") - 1, 0, dens.shape[0] - 1)
+            frac = (u - cdf[cell]) / jnp.maximum(cdf[cell + 1] - cdf[cell], 1e-30)
+            t = (g_t[cell] + jnp.clip(frac, 0.0, 1.0) * (g_t[cell + 1] - g_t[cell])).astype(dtype)
+            w = (1.0 / dens[cell]).astype(dtype)
+        xt, z = sde.perturb(k_z, x, t)
+        s = sde.kernel_std(t)
+        g2 = sde.diffusion(t) ** 2
+        # g^2 ||score + z/s||^2 / 2 = (g^2 / s^2) ||s score + z||^2 / 2: the noise-prediction form
+        resid = batch_broadcast(s, x) * score_fn(xt, t) + z
+        term = w * g2 / s**2 * sq(resid) / 2
+        if prior is not None:
+            zT = jax.random.normal(k_p, x.shape, dtype)
+            term = term - prior(m_T * x + s_T * zT)
+        return carry + term, None
+
+    total, _ = jax.lax.scan(one, jnp.zeros((n,), dtype), jax.random.split(key, n_t))
+    bound = total / n_t + const
+    if prior is None:  # E[-log N(m_T x + s_T z; 0, s_T^2 I)], exact
+        bound = bound + 0.5 * d * jnp.log(2 * jnp.pi * s_T**2) + 0.5 * d + m_T**2 * sq(x) / (2 * s_T**2)
+    return bound
