@@ -13,7 +13,10 @@ the student notebook is the chapter with
   variable ``COMPANION_SPEC`` when set (the tests install a local wheel this way);
 - every exercise solution replaced by its stub (``course.split_solution``, the very
   function the book uses; see ``book/_ext/course.py``);
-- every ``remove-cell`` cell dropped (the hidden asserts), and no outputs.
+- every ``remove-cell`` cell dropped (the hidden asserts), and no outputs;
+- the markdown in plain Jupyter Markdown (``plain_markdown.to_plain``): citations,
+  equation references and numbers, admonitions and dropdowns as the book shows them,
+  linked to the published book (``book_url``), since Colab renders no MyST.
 
 The output is stable: same sources, byte-identical notebooks (cell ids are derived from
 the content, not drawn at random).
@@ -34,6 +37,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "book" / "_ext"))
 
 import course  # noqa: E402  (the solution transform, shared with the book)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import plain_markdown  # noqa: E402  (MyST -> plain Jupyter Markdown)
 
 COLAB_DIR = Path("book") / "colab"
 
@@ -56,6 +62,17 @@ def companion_spec(root: Path = ROOT) -> str:
     url = load_config(root)["repository"]["url"]
     course.github_owner_repo(url)  # validates the URL
     return f"score-sde-companion @ git+{url}"
+
+
+def book_url(root: Path = ROOT) -> str:
+    """Where the rendered book is published: ``html.baseurl`` of ``_config.yml``, else
+    the GitHub Pages site of ``repository.url`` (``https://<owner>.github.io/<repo>/``)."""
+    config = load_config(root)
+    base = (config.get("html") or {}).get("baseurl")
+    if base:
+        return base.rstrip("/") + "/"
+    owner, repo = course.github_owner_repo(config["repository"]["url"])
+    return f"https://{owner}.github.io/{repo}/"
 
 
 def toc_files(root: Path = ROOT) -> list[str]:
@@ -96,6 +113,8 @@ def student_notebook_text(source: Path, spec: str) -> str:
     nb = course.read_myst(source.read_text(encoding="utf-8"))
     name = str(source.relative_to(ROOT)) if source.is_relative_to(ROOT) else str(source)
     nb = course.student_notebook(nb, name=name)
+    docname = str(Path(name).with_suffix(""))
+    ctx = plain_markdown.book_context(ROOT, docname, book_url(ROOT), toc_files(ROOT))
     install = nbformat.v4.new_code_cell(INSTALL_CELL.format(default_spec=json.dumps(spec)))
     install.metadata = {"tags": ["colab-setup"]}
     nb.cells.insert(0, install)
@@ -113,7 +132,7 @@ def student_notebook_text(source: Path, spec: str) -> str:
         if cell.cell_type == "code":
             new = nbformat.v4.new_code_cell(cell.source, metadata=metadata)
         elif cell.cell_type == "markdown":
-            new = nbformat.v4.new_markdown_cell(cell.source, metadata=metadata)
+            new = nbformat.v4.new_markdown_cell(plain_markdown.to_plain(cell.source, ctx), metadata=metadata)
         else:
             new = nbformat.v4.new_raw_cell(cell.source, metadata=metadata)
         new.id = _cell_id(index, new)
