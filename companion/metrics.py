@@ -95,7 +95,7 @@ def _sliced(directions, a, b, p):
 
 
 def sliced_wasserstein(key, a, b, n_projections: int = 128, p: int = 1):
-    """Sliced p-Wasserstein distance between samples ``a`` (n, *dims) and ``b`` (m, *dims).
+    """Sliced p-Wasserstein distance between samples ``a`` ``(n, *dims)`` and ``b`` ``(m, *dims)``.
 
     Projects both samples on ``n_projections`` directions drawn uniformly on the unit
     sphere (from ``key``), computes each 1-D W_p by matching sorted values (quantile
@@ -151,7 +151,7 @@ def _mmd2(a, b, bandwidth):
 
 
 def mmd(a, b, bandwidth=None):
-    """Unbiased squared MMD between samples ``a`` (n, *dims) and ``b`` (m, *dims).
+    """Unbiased squared MMD between samples ``a`` ``(n, *dims)`` and ``b`` ``(m, *dims)``.
 
     Kernel k(x, y) = exp(-||x - y||^2 / (2 h^2)); ``bandwidth`` h defaults to the median
     heuristic (:func:`median_bandwidth`). The unbiased estimator leaves out the i = j

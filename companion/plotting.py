@@ -183,3 +183,68 @@ def density_contours(ax, log_prob: Callable, lim=(-4.0, 4.0), *, n: int = 120, l
     kwargs.setdefault("colors", "0.35")
     kwargs.setdefault("linewidths", 0.7)
     return ax.contour(X, Y, P, levels=np.linspace(0.02, 0.9, levels) * P.max(), **kwargs)
+
+
+def animation(frames, *, kind: str = "points", titles=None, lim=(-4.0, 4.0), background=None,
+              figsize=(3.6, 3.6), dpi: int = 72, interval: int = 120, cmap: str = "gray_r",
+              s: float = 2.0, color="C0"):
+    """A short animation as self-contained HTML (frames embedded, no player to fetch).
+
+    ``frames``: for ``kind="points"`` an array ``(k, n, 2)``, one 2-D point cloud per
+    frame (e.g. samples at k times of a forward or reverse SDE); for ``kind="images"``
+    an array ``(k, h, w)`` or ``(k, m, h, w)``, one image (or a row of ``m``) per frame.
+    ``titles``: k strings, one per frame. ``background(ax)``: draws once under every
+    frame (e.g. :func:`density_contours`). Returns an ``IPython.display.HTML`` that a
+    notebook shows with play, pause and step buttons (Matplotlib's JavaScript player,
+    which works in the rendered book, in Jupyter and in Colab, offline). Keep ``k``,
+    ``figsize`` and ``dpi`` small: each frame is a PNG in the page (about 10-30 kB).
+    """
+    import matplotlib.pyplot as plt
+    from IPython.display import HTML
+    from matplotlib.animation import FuncAnimation
+
+    frames = np.asarray(frames, dtype=np.float64)
+    if kind not in ("points", "images"):
+        raise ValueError(f"kind: expected 'points' or 'images', got {kind!r}")
+    if kind == "points" and (frames.ndim != 3 or frames.shape[-1] != 2):
+        raise ValueError(f"frames: expected shape (k, n, 2) for points, got {frames.shape}")
+    if kind == "images" and frames.ndim == 3:
+        frames = frames[:, None]
+    if kind == "images" and frames.ndim != 4:
+        raise ValueError(f"frames: expected shape (k, h, w) or (k, m, h, w) for images, got {frames.shape}")
+    if titles is not None and len(titles) != len(frames):
+        raise ValueError(f"titles: expected {len(frames)} strings, one per frame, got {len(titles)}")
+    if len(frames) < 2:
+        raise ValueError(f"frames: an animation needs at least 2 frames, got {len(frames)}")
+
+    if kind == "points":
+        fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
+        lo, hi = _as_limits(lim, "lim")
+        if background is not None:
+            background(ax)
+        artist = ax.scatter(frames[0, :, 0], frames[0, :, 1], s=s, color=color, alpha=0.5, linewidths=0)
+        ax.set(xlim=(lo, hi), ylim=(lo, hi), aspect="equal", xticks=[], yticks=[])
+        update = lambda i: artist.set_offsets(frames[i])
+        title_ax = ax
+    else:
+        m = frames.shape[1]
+        fig, axes = plt.subplots(1, m, figsize=(figsize[0] * m / 3 if m > 1 else figsize[0], figsize[1]), dpi=dpi,
+                                 squeeze=False)
+        vmin, vmax = float(np.min(frames)), float(np.max(frames))
+        images = [a.imshow(frames[0, j], cmap=cmap, vmin=vmin, vmax=vmax) for j, a in enumerate(axes[0])]
+        for a in axes[0]:
+            a.axis("off")
+        update = lambda i: [im.set_data(frames[i, j]) for j, im in enumerate(images)]
+        title_ax = fig
+
+    def draw(i):
+        update(i)
+        if titles is not None:
+            (title_ax.set_title if kind == "points" else title_ax.suptitle)(titles[i], fontsize=9)
+
+    draw(0)
+    fig.tight_layout()
+    anim = FuncAnimation(fig, draw, frames=len(frames), interval=interval)
+    html = anim.to_jshtml(default_mode="once")
+    plt.close(fig)
+    return HTML(html)

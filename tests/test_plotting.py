@@ -131,3 +131,33 @@ def test_sample_panels_and_density_contours():
     with pytest.raises(ValueError, match=r"samples\[0\]"):
         plotting.sample_panels(axes, [np.zeros((5, 3))] * 3)
     plt.close(fig)
+
+
+def test_animation_of_points_embeds_every_frame_and_a_player():
+    rng = np.random.default_rng(0)
+    frames = rng.normal(size=(5, 50, 2))
+    html = plotting.animation(frames, titles=[f"t = {i}" for i in range(5)]).data
+    assert html.count("data:image/png;base64") == 5  # one embedded PNG per frame
+    assert "<script" in html and "http" not in html.split("<script", 1)[1].split("</script>")[0]
+    assert len(html) < 400_000
+
+
+def test_animation_of_image_rows():
+    frames = np.linspace(0, 1, 4 * 3 * 8 * 8).reshape(4, 3, 8, 8)
+    html = plotting.animation(frames, kind="images").data
+    assert html.count("data:image/png;base64") == 4
+
+
+@pytest.mark.parametrize(
+    "frames, kw, match",
+    [
+        (np.zeros((5, 10, 3)), {}, "frames: expected shape"),
+        (np.zeros((1, 10, 2)), {}, "at least 2 frames"),
+        (np.zeros((3, 10, 2)), {"titles": ["a"]}, "titles"),
+        (np.zeros((3, 10, 2)), {"kind": "video"}, "kind"),
+        (np.zeros((3, 8)), {"kind": "images"}, "frames: expected shape"),
+    ],
+)
+def test_animation_rejects_bad_input(frames, kw, match):
+    with pytest.raises(ValueError, match=match):
+        plotting.animation(frames, **kw)
