@@ -6,6 +6,7 @@ made, so a chapter can still set titles, labels and legends itself.
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 import matplotlib.collections as mcoll
@@ -245,6 +246,28 @@ def animation(frames, *, kind: str = "points", titles=None, lim=(-4.0, 4.0), bac
     draw(0)
     fig.tight_layout()
     anim = FuncAnimation(fig, draw, frames=len(frames), interval=interval)
-    html = anim.to_jshtml(default_mode="once")
+    html = _offline_player(anim.to_jshtml(default_mode="once"))
     plt.close(fig)
     return HTML(html)
+
+
+# Matplotlib's player draws its buttons with Font Awesome icons from a CDN: the book is
+# read offline, so the stylesheet goes and each icon becomes a plain character.
+_PLAYER_ICONS = {
+    "fa fa-minus": "&#8722;",
+    "fa fa-fast-backward": "&#9198;",
+    "fa fa-step-backward": "&#9664;&#9474;",
+    "fa fa-play fa-flip-horizontal": "&#9664;",
+    "fa fa-pause": "&#9208;",
+    "fa fa-play": "&#9654;",
+    "fa fa-step-forward": "&#9474;&#9654;",
+    "fa fa-fast-forward": "&#9197;",
+    "fa fa-plus": "+",
+}
+
+
+def _offline_player(html: str) -> str:
+    html = re.sub(r'<link rel="stylesheet"\s+href="https?://[^"]*font-awesome[^"]*">', "", html)
+    return re.sub(
+        r'<i class="(fa [^"]+)"></i>', lambda m: f"<span>{_PLAYER_ICONS.get(m.group(1), '&#8226;')}</span>", html
+    )
