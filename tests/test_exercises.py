@@ -26,7 +26,7 @@ def test_names_are_in_book_order():
     assert chapters == sorted(chapters)
     assert len(names) == len(set(names))
     chapter1 = [n for n in names if exercises.get(n).chapter == 1]
-    assert chapter1 == ["euler_step", "heun_step", "convergence_order"]
+    assert chapter1 == ["euler_step", "heun_step", "convergence_order", "measure_order"]
 
 
 def test_unknown_name_raises_value_error_naming_the_argument():

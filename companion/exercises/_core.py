@@ -10,8 +10,11 @@ which case) and never what the right value is.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import functools
+import importlib
 import json
 import os
 import sys
@@ -26,6 +29,10 @@ class Mismatch(AssertionError):
     """A hidden test found the reader's answer wrong; the message says how."""
 
 
+class WriteItYourself(Mismatch):
+    """The reader's function called the companion's own answer to the exercise."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Exercise:
     name: str
@@ -34,28 +41,100 @@ class Exercise:
     test: Callable[[Callable], None]
     reference: Callable
     hint2: str = ""
+    blocked: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, Exercise] = {}
 
 
 def exercise(
-    name: str, *, chapter: int, hint: str, reference: Callable, hint2: str = ""
+    name: str,
+    *,
+    chapter: int,
+    hint: str,
+    reference: Callable,
+    hint2: str = "",
+    blocked: tuple[str, ...] = (),
 ):
     """Register ``test`` (the decorated function) as the hidden test of exercise ``name``.
 
     ``hint`` is printed by :func:`check` when an answer fails: it points to the idea
     (which equation, which quantity). ``hint2`` is the second, more concrete hint that
     :func:`hint` gives on request. Neither contains the answer's formula or code.
+    ``blocked`` names the library functions that already compute the answer
+    (``"module:attribute.path"``, e.g. ``"companion.sde:LinearSDE.reverse_drift"``):
+    while the hidden test runs, calling one of them fails with a kind
+    "write it yourself" message.
     """
+    for path in blocked:
+        _resolve(path)  # fail at import time on a typo
 
     def register(test: Callable[[Callable], None]):
         if name in _REGISTRY:
             raise ValueError(f"exercise {name!r} is registered twice")
-        _REGISTRY[name] = Exercise(name, chapter, hint, test, reference, hint2)
+        _REGISTRY[name] = Exercise(name, chapter, hint, test, reference, hint2, tuple(blocked))
         return test
 
     return register
+
+
+def _resolve(path: str):
+    """``"pkg.module:A.b"`` -> (owner of ``b``, ``"b"``, the object)."""
+    module, _, attrs = path.partition(":")
+    owner = importlib.import_module(module)
+    *parents, last = attrs.split(".")
+    for a in parents:
+        owner = getattr(owner, a)
+    return owner, last, getattr(owner, last)
+
+
+@contextlib.contextmanager
+def blocking(paths: tuple[str, ...], fn: Callable):
+    """Replace the library functions ``paths`` by ones that raise :class:`WriteItYourself`
+    (also where ``fn``'s module imported them by name), and put everything back after."""
+    undo = []
+
+    def stand_in(path, original):
+        short = path.replace(":", ".")
+
+        @functools.wraps(original)
+        def refuse(*args, **kwargs):
+            raise WriteItYourself(
+                f"your function calls {short}, which already computes the answer. "
+                "The point of this exercise is to write it yourself (the chapter's "
+                "equations are all you need); the check does not accept the library's "
+                "version."
+            )
+
+        return refuse
+
+    try:
+        originals = {}
+        for path in paths:
+            owner, attr, original = _resolve(path)
+            if isinstance(owner, type):
+                raw = owner.__dict__.get(attr, original)
+            else:
+                raw = original
+            replacement = stand_in(path, original)
+            if isinstance(raw, (staticmethod, classmethod)):
+                replacement = type(raw)(replacement)
+            undo.append((owner, attr, raw))
+            setattr(owner, attr, replacement)
+            originals[id(original)] = replacement
+        namespace = getattr(fn, "__globals__", None)
+        if isinstance(namespace, dict):
+            for key, value in list(namespace.items()):
+                if id(value) in originals:
+                    undo.append((namespace, key, value))
+                    namespace[key] = originals[id(value)]
+        yield
+    finally:
+        for owner, attr, raw in reversed(undo):
+            if isinstance(owner, dict):
+                owner[attr] = raw
+            else:
+                setattr(owner, attr, raw)
 
 
 class Text(str):
@@ -104,9 +183,12 @@ def check(name: str, fn: Callable, *, verbose: bool = True) -> bool:
     if not callable(fn):
         raise TypeError(f"fn must be a function, got {type(fn).__name__}")
     try:
-        ex.test(fn)
+        with blocking(ex.blocked, fn):
+            ex.test(fn)
     except NotImplementedError:
         return _report(verbose, f"✗ {name}: not attempted yet (the stub still raises NotImplementedError).")
+    except WriteItYourself as m:
+        return _report(verbose, f"✗ {name}: {m}")
     except Mismatch as m:
         return _report(verbose, f"✗ {name}: {m}\n  Hint: {ex.hint}{_more(ex)}")
     except Exception as e:  # the reader's code raised: show where, in their code only

@@ -4,6 +4,8 @@
 * ``heun_step(f, y, t, h)``: one step of Heun's method, Eq. (eq-heun), chapter 1.
 * ``convergence_order(hs, errors)``: the least-squares slope of log error against log h,
   Eq. (eq-order), chapter 1.
+* ``measure_order(step)`` (conceptual): the order of convergence of a one-step method
+  whose formula the reader does not see, measured on an ODE the reader chooses.
 
 Every test draws its inputs from a fixed NumPy seed, so a failure is reproducible, and
 compares the reader's answer with the reference on several cases (linear and nonlinear
@@ -139,9 +141,13 @@ def _diagnose_euler(arr, want, f, y, t, h):
     "euler_step",
     chapter=1,
     hint=(
-        "Follow the tangent: from the current state, move for a time h along the slope "
-        "that the vector field gives at the *start* of the step, (y, t). Return the new "
-        "state, shaped like y; it must work for any shape of y and for h = 0."
+        "Eq. (eq-euler): follow the tangent line of the solution for a time h. Return the "
+        "new state, shaped like y; it must work for any shape of y and for h = 0."
+    ),
+    hint2=(
+        "The tangent's slope is what the vector field says at the *start* of the step, "
+        "at state y and time t; the new state is the old one plus (time elapsed) x "
+        "(slope)."
     ),
     reference=_euler_step,
 )
@@ -165,9 +171,13 @@ def _diagnose_heun(arr, want, f, y, t, h):
     "heun_step",
     chapter=1,
     hint=(
-        "Two slopes: one at the start (y, t), and one at the end of the step, evaluated "
-        "at the state a trial Euler step reaches and at the time the step ends. Move from "
-        "y for a time h with their average."
+        "Eq. (eq-heun): a trial Euler step predicts where the step ends; the slope there "
+        "corrects the slope at the start."
+    ),
+    hint2=(
+        "You need two evaluations of f: one at (y, t), one at the predicted end point and "
+        "at the time t + h. Weigh them equally; the step is taken from y, not from the "
+        "predicted point."
     ),
     reference=_heun_step,
 )
@@ -232,9 +242,13 @@ def _diagnose_order(p, want, hs, errors):
     "convergence_order",
     chapter=1,
     hint=(
-        "If error ≈ C h^p, then log(error) is a straight line in log(h) whose slope is p. "
-        "Fit that line by least squares through all the points (np.polyfit can do it) and "
-        "return the slope as a single number."
+        "Eq. (eq-order): take logarithms of error ≈ C h^p. Which quantity is then a "
+        "straight-line function of which, and where does p appear?"
+    ),
+    hint2=(
+        "Fit a straight line through every point (h, error) in log-log coordinates by "
+        "least squares (np.polyfit does it) and return its slope, a single number; "
+        "log(h) is the abscissa."
     ),
     reference=_convergence_order,
 )
@@ -252,3 +266,110 @@ def _test_convergence_order(fn):
         elif arr.shape != ():
             raise Mismatch(f"{what}: expected a single number (shape ()), got shape {arr.shape}")
         expect_close(arr, want, what=what, rtol=_ORDER_RTOL, atol=_ORDER_ATOL)
+
+
+# -------------------------------------------------------------------------- measure_order
+#
+# Hidden one-step methods of known order. They use only +, * and calls of f, so they
+# keep the reader's dtype: NumPy float64 stays float64, JAX float32 stays float32.
+
+
+def _stepper_euler(f, y, t, h):
+    return y + h * f(y, t)
+
+
+def _stepper_midpoint(f, y, t, h):
+    return y + h * f(y + 0.5 * h * f(y, t), t + 0.5 * h)
+
+
+def _stepper_lopsided(f, y, t, h):
+    # two stages like Heun's, but weights 1/4, 3/4: consistent, yet only first order
+    k1 = f(y, t)
+    k2 = f(y + h * k1, t + h)
+    return y + h * (0.25 * k1 + 0.75 * k2)
+
+
+def _stepper_kutta3(f, y, t, h):
+    k1 = f(y, t)
+    k2 = f(y + 0.5 * h * k1, t + 0.5 * h)
+    k3 = f(y - h * k1 + 2.0 * h * k2, t + h)
+    return y + h * (k1 + 4.0 * k2 + k3) / 6.0
+
+
+def _stepper_rk4(f, y, t, h):
+    k1 = f(y, t)
+    k2 = f(y + 0.5 * h * k1, t + 0.5 * h)
+    k3 = f(y + 0.5 * h * k2, t + 0.5 * h)
+    k4 = f(y + h * k3, t + h)
+    return y + h * (k1 + 2.0 * k2 + 2.0 * k3 + k4) / 6.0
+
+
+_HIDDEN_STEPPERS = [
+    ("a hidden method of order 1", _stepper_euler, 1),
+    ("a hidden two-stage method of order 2", _stepper_midpoint, 2),
+    ("a hidden two-stage method of order 1", _stepper_lopsided, 1),
+    ("a hidden method of order 3", _stepper_kutta3, 3),
+    ("a hidden method of order 4", _stepper_rk4, 4),
+]
+
+
+def _measure_order(step):
+    """Reference: global error at T = 1 of y' = y cos t, y(0) = 1 (exact exp(sin t)),
+    in float64, for 16 ... 512 steps; the least-squares slope of log error on log h."""
+    f = lambda y, t: y * np.cos(t)  # noqa: E731
+    ns = 2 ** np.arange(4, 10)
+    errors = []
+    for n in ns:
+        h, y = 1.0 / n, np.float64(1.0)
+        for k in range(n):
+            y = step(f, y, k * h, h)
+        errors.append(abs(y - np.exp(np.sin(1.0))))
+    return _convergence_order(1.0 / ns, errors)
+
+
+# The answer is an integer measured with a few per cent of pre-asymptotic bias (the
+# reference gets 1.02, 1.99, 1.03, 2.98, 3.98 on the hidden methods); 0.3 accepts any
+# sensible test ODE and range of h, and rejects the off-by-one of a local error.
+_MEASURE_TOL = 0.3
+
+
+def _test_measure_order_impl(fn):
+    for label, step, order in _HIDDEN_STEPPERS:
+        got = fn(step)
+        what = f"case '{label}'"
+        arr = as_array(got, what)
+        if arr.shape != ():
+            raise Mismatch(f"{what}: expected a single number (shape ()), got shape {arr.shape}")
+        p = float(arr)
+        if not np.isfinite(p):
+            raise Mismatch(f"{what}: your estimate is NaN or inf (an error of exactly 0?)")
+        if abs(p - order) <= _MEASURE_TOL:
+            continue
+        if abs(p - (order + 1)) <= _MEASURE_TOL:
+            raise Mismatch(f"{what}: your estimate is one more than the order, for this and "
+                           "perhaps other methods")
+        if abs(p + order) <= _MEASURE_TOL:
+            raise Mismatch(f"{what}: your estimate has the right size but the wrong sign")
+        if p < order:
+            raise Mismatch(f"{what}: your estimate is too low by {order - p:.2g}")
+        raise Mismatch(f"{what}: your estimate is too high by {p - order:.2g}")
+
+
+@exercise(
+    "measure_order",
+    chapter=1,
+    hint=(
+        "The order p says how the error at a *fixed* final time shrinks with h "
+        "(Eq. (eq-order)). One step alone makes an error of a higher power of h; and "
+        "very small errors drown in round-off (float32 stops near 1e-7)."
+    ),
+    hint2=(
+        "Pick an ODE whose solution you know in closed form, integrate it to a fixed time "
+        "with several step sizes (n steps of size T / n), record the error at that time, "
+        "and fit as in convergence_order. Work in float64 (NumPy) or keep the errors well "
+        "above 1e-6."
+    ),
+    reference=_measure_order,
+)
+def _test_measure_order(fn):
+    _test_measure_order_impl(fn)

@@ -5,6 +5,9 @@
 * ``ve_diffusion(t, sigma_min, sigma_max)``: g(t) of the VE SDE, Eq. (eq-ve-sde).
 * ``vp_kernel(x0, t, beta_min, beta_max)``: mean and std of the VP perturbation kernel,
   Eq. (eq-vp-sde).
+* ``linear_kernel(a, b, t)`` (conceptual): the mean factor and the std of the
+  perturbation kernel of *any* linear SDE dx = a(t) x dt + b(t) dw, from the moment
+  ODEs, Eq. (eq-moment-ode).
 
 Inputs come from a fixed NumPy seed; references are computed in float64. Messages name
 the case and say how the answer is wrong, never what the right value is.
@@ -119,9 +122,13 @@ def _diagnose_em(arr, f, g, x, t, h, z):
     "euler_maruyama_step",
     chapter=2,
     hint=(
-        "Chapter 1's Euler step for the drift (slope times h), plus the Brownian increment "
-        "times g at the start of the step; the increment over a step h is sqrt(h) times a "
-        "standard normal, and z is that standard normal. Return the new state, shaped like x."
+        "Eq. (eq-euler-maruyama): chapter 1's Euler step for the drift, plus the noise. "
+        "How does the size of a Brownian increment scale with the step h?"
+    ),
+    hint2=(
+        "Both f and g are evaluated at the start of the step. z is a standard normal "
+        "draw; the Brownian increment over a time h has variance h, not h^2. Return the "
+        "new state, shaped like x."
     ),
     reference=_euler_maruyama_step,
 )
@@ -164,10 +171,15 @@ _VE_RTOL, _VE_ATOL = 1e-5, 1e-8
     "ve_diffusion",
     chapter=2,
     hint=(
-        "With sigma(t) = sigma_min (sigma_max / sigma_min)^t, the VE SDE needs "
-        "g(t)^2 = d[sigma(t)^2]/dt. Differentiate sigma(t)^2 = sigma_min^2 r^(2t) with "
-        "respect to t (the natural log appears), then take the square root."
+        "Eq. (eq-ve-sde): without drift, the variance of the kernel grows at the rate "
+        "g(t)^2 (Eq. (eq-moment-ode) with A = 0). Which variance must it follow?"
     ),
+    hint2=(
+        "Differentiate sigma(t)^2 with respect to t (an exponential in t: the natural "
+        "log of sigma_max / sigma_min appears) and take the square root. t may be an "
+        "array."
+    ),
+    blocked=("companion.sde:VE.diffusion",),
     reference=_ve_diffusion,
 )
 def _test_ve_diffusion(fn):
@@ -215,10 +227,18 @@ _VP_RTOL, _VP_ATOL = 1e-4, 1e-6
     "vp_kernel",
     chapter=2,
     hint=(
-        "B(t) is the integral of beta(u) = beta_min + u (beta_max - beta_min) from 0 to t. The "
-        "moment equations with A = -beta/2 give the mean factor exp(-B/2) and the variance "
-        "1 - exp(-B); return the standard deviation. With one time per sample, the mean "
-        "factor must broadcast along the first axis of x0."
+        "Eq. (eq-moment-solution) with the VP drift and diffusion: everything depends on "
+        "the integral of beta from 0 to t. Return the mean (shaped like x0) and the "
+        "standard deviation (not the variance)."
+    ),
+    hint2=(
+        "beta is linear in t, so its integral is a quadratic in t. With one time per "
+        "sample, the mean factor must broadcast along the first axis of x0."
+    ),
+    blocked=(
+        "companion.sde:LinearSDE.marginal",
+        "companion.sde:VP.mean_coefficient",
+        "companion.sde:VP.kernel_std",
     ),
     reference=_vp_kernel,
 )
@@ -243,3 +263,100 @@ def _test_vp_kernel(fn):
                 raise Mismatch(f"{what}, mean: the mean factor is exp(-B/2), the square root of the variance factor")
         expect_close(mean, want_mean, what=what + ", mean", rtol=_VP_RTOL, atol=_VP_ATOL)
         expect_close(std, want_std, what=what + ", std", rtol=_VP_RTOL, atol=_VP_ATOL)
+
+
+# -------------------------------------------------------------------------- linear_kernel
+
+
+def _linear_kernel(a, b, t):
+    """Reference: Phi(t) = exp(int_0^t a), std = Phi(t) sqrt(int_0^t b(u)^2 / Phi(u)^2 du),
+    Eq. (eq-moment-solution), by the trapezoidal rule on 20 001 points in float64 (a and b
+    evaluated once on the whole grid); its error, ~1e-9 relative, is far below the
+    tolerance."""
+    t = float(t)
+    if t == 0.0:
+        return np.float64(1.0), np.float64(0.0)
+    u = np.linspace(0.0, t, 20001)
+    av = np.broadcast_to(np.asarray(a(u), np.float64), u.shape)
+    bv = np.broadcast_to(np.asarray(b(u), np.float64), u.shape)
+    du = np.diff(u)
+    big_a = np.concatenate([[0.0], np.cumsum(0.5 * (av[1:] + av[:-1]) * du)])
+    w = bv**2 * np.exp(2.0 * (big_a[-1] - big_a))
+    var = np.sum(0.5 * (w[1:] + w[:-1]) * du)
+    return np.float64(np.exp(big_a[-1])), np.float64(np.sqrt(var))
+
+
+def _kernel_cases():
+    """(label, a, b, t): the course's three SDEs and linear SDEs the chapter never met.
+    a and b are written with jnp, so they accept Python floats, NumPy and JAX scalars and
+    tracers (diffrax), and return a scalar."""
+    bmin, bmax = 0.1, 20.0
+    beta = lambda u: bmin + u * (bmax - bmin)  # noqa: E731
+    big_b = lambda u: bmin * u + 0.5 * u**2 * (bmax - bmin)  # noqa: E731
+    smin, smax = 0.01, 50.0
+    r = np.log(smax / smin)
+    return [
+        ("VE (a = 0), t = 0.7", lambda u: 0.0 * u,
+         lambda u: smin * jnp.exp(r * u) * np.sqrt(2 * r), 0.7),
+        ("VP, t = 0.3", lambda u: -0.5 * beta(u), lambda u: jnp.sqrt(beta(u)), 0.3),
+        ("sub-VP, t = 0.2", lambda u: -0.5 * beta(u),
+         lambda u: jnp.sqrt(beta(u) * (1 - jnp.exp(-2 * big_b(u)))), 0.2),
+        ("a(t) = sin(3t), b(t) = 1 + t^2, t = 1.3", lambda u: jnp.sin(3.0 * u),
+         lambda u: 1.0 + u**2, 1.3),
+        ("a growing process a = 0.8, b = 0.3, t = 2.0", lambda u: 0.8 + 0.0 * u,
+         lambda u: 0.3 + 0.0 * u, 2.0),
+        ("a(t) = -2 - cos(5t), b(t) = exp(-t), t = 0.05 given as float32",
+         lambda u: -2.0 - jnp.cos(5.0 * u), lambda u: jnp.exp(-u), np.float32(0.05)),
+        ("any SDE at t = 0", lambda u: -1.0 + 0.0 * u, lambda u: 2.0 + 0.0 * u, 0.0),
+    ]
+
+
+# The reference is exact to ~1e-10. A reader who integrates the moment ODEs numerically in
+# float32 (diffrax, rtol 1e-6) is within ~1e-5; rtol = 1e-3 leaves room for that and
+# for a fixed-step solver with a few hundred steps, and rejects every wrong answer below,
+# which is off by 5 % or more (most by factors).
+_KERNEL_RTOL, _KERNEL_ATOL = 1e-3, 1e-6
+
+
+def _test_linear_kernel_impl(fn):
+    for label, a, b, t in _kernel_cases():
+        want_m, want_s = _linear_kernel(a, b, t)
+        what = f"case '{label}'"
+        got = fn(a, b, t)
+        if not isinstance(got, (tuple, list)) or len(got) != 2:
+            raise Mismatch(f"{what}: expected a pair (mean factor, std), got {type(got).__name__}")
+        m, sd = as_array(got[0], what + ", mean factor"), as_array(got[1], what + ", std")
+        close = lambda u, v: bool(  # noqa: E731
+            u.shape == () and np.isclose(u, v, rtol=_KERNEL_RTOL, atol=_KERNEL_ATOL))
+        if m.shape == () and not close(m, want_m):
+            if close(m, 1.0 / want_m):
+                raise Mismatch(f"{what}: the mean factor is the reciprocal of the right one")
+        if sd.shape == () and not close(sd, want_s) and t > 0:
+            if close(sd, want_s**2):
+                raise Mismatch(f"{what}: your std looks like the variance")
+            if close(sd, np.sqrt(max(1.0 - want_m**2, 0.0))):
+                raise Mismatch(f"{what}: your std follows a relation between mean factor and "
+                               "std that holds for some SDEs only")
+            ratio = float(sd) / want_s if want_s else np.inf
+            raise Mismatch(f"{what}: the std is {ratio:.3g} times the right one")
+        expect_close(m, want_m, what=what + ", mean factor", rtol=_KERNEL_RTOL, atol=_KERNEL_ATOL)
+        expect_close(sd, want_s, what=what + ", std", rtol=_KERNEL_RTOL, atol=_KERNEL_ATOL)
+
+
+@exercise(
+    "linear_kernel",
+    chapter=2,
+    hint=(
+        "The kernel started at x0 is Gaussian; its mean and variance follow the two moment "
+        "ODEs of Eq. (eq-moment-ode) from m(0) = x0 and v(0) = 0. Nothing in the "
+        "check is VE, VP or sub-VP only."
+    ),
+    hint2=(
+        "Either integrate the ODEs numerically (chapter 1: diffrax with a tight rtol, or a "
+        "few hundred fixed steps), or evaluate Eq. (eq-moment-solution) with numerical "
+        "integrals. Remember which of the two ODEs has the factor 2, and return the std."
+    ),
+    reference=_linear_kernel,
+)
+def _test_linear_kernel(fn):
+    _test_linear_kernel_impl(fn)

@@ -170,7 +170,7 @@ BAD = {
     "returns a wrong shape": lambda *args: jnp.zeros((7, 7)),
     "stub": _stub,
 }
-ODE_EXERCISES = ["euler_step", "heun_step", "convergence_order"]
+ODE_EXERCISES = ["euler_step", "heun_step", "convergence_order", "measure_order"]
 
 
 @pytest.mark.parametrize("name", ODE_EXERCISES)
@@ -195,3 +195,62 @@ def test_messages_do_not_give_the_answer(capsys):
     for label, hs, errors in _order_cases():
         if label.startswith("noisy"):  # slopes like 2.043..., not round numbers
             assert f"{_convergence_order(hs, errors):.3f}"[:-1] not in out
+
+
+# -------------------------------------------------------------------------- measure_order
+
+
+def _global_errors(step, ns, dtype=np.float64, T=1.0):
+    f = lambda y, t: -y  # noqa: E731
+    errors = []
+    for n in ns:
+        h, y = T / n, np.asarray(1.0, dtype)
+        for k in range(n):
+            y = step(f, y, dtype(k * h), dtype(h))
+        errors.append(abs(float(y) - np.exp(-T)))
+    return np.asarray(errors)
+
+
+def measure_right(step):
+    ns = 2 ** np.arange(4, 10)
+    return np.polyfit(np.log(1.0 / ns), np.log(_global_errors(step, ns)), 1)[0]
+
+
+def measure_local_error(step):  # one step from t = 0: the error is O(h^(p+1))
+    hs = 0.5 ** np.arange(3, 9)
+    errs = [abs(step(lambda y, t: -y, 1.0, 0.0, h) - np.exp(-h)) for h in hs]
+    return np.polyfit(np.log(hs), np.log(errs), 1)[0]
+
+
+def measure_against_n(step):  # slope against the number of steps, not h
+    ns = 2 ** np.arange(4, 10)
+    return np.polyfit(np.log(ns), np.log(_global_errors(step, ns)), 1)[0]
+
+
+def measure_float32_tiny_steps(step):  # RK4's error sinks below float32 round-off
+    ns = 2 ** np.arange(6, 11)
+    return np.polyfit(np.log(1.0 / ns), np.log(_global_errors(step, ns, np.float32)), 1)[0]
+
+
+MEASURE_WRONG = {
+    "local error of one step": measure_local_error,
+    "slope against n instead of h": measure_against_n,
+    "float32 with tiny steps (round-off floor)": measure_float32_tiny_steps,
+    "always 2 (counting stages)": lambda step: 2.0,
+    "returns the errors, not the order": lambda step: _global_errors(step, [16, 32]),
+}
+
+
+@pytest.mark.parametrize("fn", [measure_right])
+def test_measure_order_accepts_right_answers(fn):
+    assert check("measure_order", fn)
+
+
+@pytest.mark.parametrize("wrong", MEASURE_WRONG.values(), ids=MEASURE_WRONG.keys())
+def test_measure_order_rejects_wrong_answers(wrong):
+    assert not check("measure_order", wrong)
+
+
+def test_measure_order_diagnoses_the_local_error(capsys):
+    exercises.check("measure_order", measure_local_error)
+    assert "one more than the order" in capsys.readouterr().out

@@ -64,6 +64,7 @@ def ve_right_by_hand(t, sigma_min, sigma_max):
 
 
 VE_WRONG = {
+    "calls the companion (sde.VE.diffusion)": ve_right,
     "sigma(t) itself": lambda t, lo, hi: lo * (hi / lo) ** jnp.asarray(t),
     "g squared": lambda t, lo, hi: 2 * jnp.log(hi / lo) * (lo * (hi / lo) ** jnp.asarray(t)) ** 2,
     "missing the 2": lambda t, lo, hi: lo * (hi / lo) ** jnp.asarray(t) * jnp.sqrt(jnp.log(hi / lo)),
@@ -72,7 +73,7 @@ VE_WRONG = {
 }
 
 
-@pytest.mark.parametrize("fn", [ve_right, ve_right_by_hand])
+@pytest.mark.parametrize("fn", [ve_right_by_hand])
 def test_ve_diffusion_accepts_right_answers(fn):
     assert check("ve_diffusion", fn)
 
@@ -130,7 +131,10 @@ VP_WRONG = {
 }
 
 
-@pytest.mark.parametrize("fn", [vp_right, vp_right_by_hand])
+VP_WRONG["calls the companion (sde.VP.marginal)"] = vp_right
+
+
+@pytest.mark.parametrize("fn", [vp_right_by_hand])
 def test_vp_kernel_accepts_right_answers(fn):
     assert check("vp_kernel", fn)
 
@@ -145,3 +149,95 @@ def test_vp_kernel_diagnoses(capsys):
     assert "exp(-B/2)" in capsys.readouterr().out
     exercises.check("vp_kernel", VP_WRONG["returns only the mean"])
     assert "pair" in capsys.readouterr().out
+
+
+def test_library_calls_are_refused_kindly(capsys):
+    exercises.check("vp_kernel", vp_right)
+    assert "write it yourself" in capsys.readouterr().out
+
+
+# -------------------------------------------------------------------------- linear_kernel
+
+
+def _rk4_moments(a, b, t, n=400, exponent=2.0):
+    """log m and v by RK4 on log m' = a, v' = exponent a v + b^2 (exponent 2 is right)."""
+    t = float(t)
+    h, lm, v = t / n, 0.0, 0.0
+    rhs = lambda u, v: (float(a(u)), exponent * float(a(u)) * v + float(b(u)) ** 2)  # noqa: E731
+    for k in range(n):
+        u = k * h
+        k1 = rhs(u, v)
+        k2 = rhs(u + h / 2, v + h / 2 * k1[1])
+        k3 = rhs(u + h / 2, v + h / 2 * k2[1])
+        k4 = rhs(u + h, v + h * k3[1])
+        lm += h * (k1[0] + 2 * k2[0] + 2 * k3[0] + k4[0]) / 6
+        v += h * (k1[1] + 2 * k2[1] + 2 * k3[1] + k4[1]) / 6
+    return lm, v
+
+
+def kernel_right_rk4(a, b, t):
+    lm, v = _rk4_moments(a, b, t)
+    return np.exp(lm), np.sqrt(v)
+
+
+def kernel_right_grid(a, b, t):  # Eq. (eq-moment-solution), trapezoid on a jnp grid
+    u = jnp.linspace(0.0, t, 4001)
+    big_a = jnp.concatenate([jnp.zeros(1), jnp.cumsum(
+        0.5 * (a(u)[1:] + a(u)[:-1]) * jnp.diff(u))])
+    w = b(u) ** 2 * jnp.exp(-2 * big_a)
+    return jnp.exp(big_a[-1]), jnp.exp(big_a[-1]) * jnp.sqrt(
+        jnp.sum(0.5 * (w[1:] + w[:-1]) * jnp.diff(u)))
+
+
+def kernel_no_factor_two(a, b, t):
+    lm, v = _rk4_moments(a, b, t, exponent=1.0)
+    return np.exp(lm), np.sqrt(v)
+
+
+def kernel_variance(a, b, t):
+    m, s = kernel_right_rk4(a, b, t)
+    return m, s**2
+
+
+def kernel_vp_identity(a, b, t):  # sqrt(1 - m^2): true for VP only
+    m, _ = kernel_right_rk4(a, b, t)
+    return m, np.sqrt(max(1 - m**2, 0.0))
+
+
+def kernel_drift_ignored(a, b, t):  # the VE formula: the variance just accumulates b^2
+    lm, _ = _rk4_moments(a, b, t)
+    _, v = _rk4_moments(lambda u: 0.0, b, t)
+    return np.exp(lm), np.sqrt(v)
+
+
+def kernel_library_vp(a, b, t):  # "all SDEs are VP": the companion's VP kernel
+    mean, std = sde.VP(beta_min=0.1, beta_max=20.0).marginal(jnp.ones(()), jnp.asarray(t))
+    return mean, std
+
+
+KERNEL_WRONG = {
+    "v' = a v + b^2 (factor 2 missing)": kernel_no_factor_two,
+    "returns the variance": kernel_variance,
+    "std = sqrt(1 - m^2) (VP only)": kernel_vp_identity,
+    "drift ignored in the variance (VE only)": kernel_drift_ignored,
+    "the companion's VP kernel": kernel_library_vp,
+    "mean factor exp(-int a)": lambda a, b, t: (1 / kernel_right_rk4(a, b, t)[0],
+                                               kernel_right_rk4(a, b, t)[1]),
+}
+
+
+@pytest.mark.parametrize("fn", [kernel_right_rk4, kernel_right_grid])
+def test_linear_kernel_accepts_right_answers(fn):
+    assert check("linear_kernel", fn)
+
+
+@pytest.mark.parametrize("wrong", KERNEL_WRONG.values(), ids=KERNEL_WRONG.keys())
+def test_linear_kernel_rejects_wrong_answers(wrong):
+    assert not check("linear_kernel", wrong)
+
+
+def test_linear_kernel_diagnoses(capsys):
+    exercises.check("linear_kernel", kernel_variance)
+    assert "variance" in capsys.readouterr().out
+    exercises.check("linear_kernel", kernel_vp_identity)
+    assert "some SDEs only" in capsys.readouterr().out
