@@ -143,7 +143,10 @@ def denoising_score_matching(sde: LinearSDE, *, weighting: str = "sigma2", impor
 
     ``eps`` is the lower end of the times (t-epsilon cut-off): lambda(t)/s(t)^2 grows like
     1/t for the likelihood weighting and ``"none"``, so with ``eps -> 0`` the estimator's
-    variance (and for a model that is not exact at t = 0, its mean) grows without bound.
+    mean grows without bound even for the exact score (the model-independent constant:
+    near t = 0 the noise-prediction error is ||z||^2 / 2 whatever the model, so the mean
+    grows like (d/2) log(1/eps); chapter 4 measures it), and with uniform t so does its
+    variance (like 1/eps).
     """
     eps = check_cutoff(sde, eps)
     lam = weighting_fn(sde, weighting)
@@ -241,3 +244,94 @@ def fisher_divergence(sde: LinearSDE, true_score: Callable, *, weighting: str = 
         return lam(t) * _sq_norm(model(xt, t) - true_score(xt, t)) / 2
 
     return Loss("fisher_divergence", per_sample, weighting=weighting, eps=eps)
+
+
+# --------------------------------------------------------------------------- flow matching (chapter 8)
+
+
+def _check_path(path):
+    from companion.paths import GaussianPath  # paths imports sde only
+
+    if not isinstance(path, GaussianPath):
+        raise TypeError(f"path: expected a companion.paths path (Rectified(), from_sde(s)), got {type(path).__name__}")
+
+
+def flow_matching(path, *, eps: float = 1e-5, coupled: bool = False) -> Loss:
+    """Conditional flow matching on a Gaussian path (Lipman et al. 2023; Eq. eq-cfm, chapter 8).
+
+    Per sample: ``t ~ U(eps, 1)``, ``z ~ N(0, I)``, ``x_t = a(t) x_0 + b(t) z`` and
+
+        || model(x_t, t) - (a'(t) x_0 + b'(t) z) ||^2 / 2,
+
+    where ``model(x, t)`` is a velocity model. Its expectation is the regression on the
+    marginal velocity E[a' x_0 + b' z | x_t] (the flow-matching identity,
+    Eq. eq-fm-identity) plus a constant that does not depend on the model.
+
+    ``coupled=True``: each data point comes with its own noise, ``x0`` of shape
+    ``(n, 2, *dims)`` holding pairs ``[x_0, z]`` (the couplings of reflow, Liu et al.
+    2023); the model still sees ``(n, *dims)``.
+
+    ``eps``: the lower end of the times, as in the score-matching losses. b'(t) of the
+    VE and VP paths grows like 1/sqrt(t) near 0, so ``eps > 0`` keeps the targets
+    bounded; for :class:`companion.paths.Rectified` nothing is singular and any small
+    ``eps`` gives the same loss. Keys: ``k_t, k_z = jax.random.split(key)``.
+    """
+    _check_path(path)
+    eps = float(eps)
+    if not 0 < eps < path.T:
+        raise ValueError(f"eps: must lie in (0, 1), got {eps}")
+    if not isinstance(coupled, bool):
+        raise TypeError(f"coupled: expected True or False, got {coupled!r}")
+
+    def per_sample(model, x0, key):
+        k_t, k_z = jax.random.split(key)
+        if coupled:
+            if x0.ndim < 3 or x0.shape[1] != 2:
+                raise ValueError(f"x0: with coupled=True expected pairs of shape (n, 2, *dims), got {x0.shape}")
+            x0, z = x0[:, 0], x0[:, 1]
+        else:
+            z = jax.random.normal(k_z, x0.shape, x0.dtype)
+        t = _uniform_times(k_t, x0.shape[0], eps, path.T, x0.dtype)
+        xt = path.interpolate(x0, z, t)
+        target = path.conditional_velocity(x0, z, t)
+        return _sq_norm(model(xt, t) - target) / 2
+
+    return Loss("flow_matching", per_sample, eps=eps, coupled=coupled)
+
+
+def velocity_from_score(path, score_fn: Callable) -> Callable:
+    """The velocity field of ``path`` from a score model: ``velocity(x, t)``.
+
+    v = (a'/a) x + (a' b^2 / a - b b') grad log p_t (Eq. eq-velocity-score, chapter 8),
+    written as [a' x + (a' b^2 - a b b') score] / a. Valid where a(t) > 0 (all t < 1
+    for :class:`~companion.paths.Rectified`). For ``paths.from_sde(s)`` it is the
+    probability flow drift f - g^2 score / 2 of chapter 5.
+    """
+    _check_path(path)
+
+    def velocity(x, t):
+        a, b, da = path.a(t), path.b(t), path.da(t)
+        c = batch_broadcast(da * b**2 - a * path.b_db(t), x)
+        return (batch_broadcast(da, x) * x + c * score_fn(x, t)) / batch_broadcast(a, x)
+
+    return velocity
+
+
+def score_from_velocity(path, velocity_fn: Callable) -> Callable:
+    """The score model of ``path`` from a velocity model: ``score_fn(x, t)``, the inverse of
+    :func:`velocity_from_score`,
+
+        grad log p_t = (a v - a' x) / (a' b^2 - a b b')      (Eq. eq-velocity-score).
+
+    The denominator is -m g^2 / 2 for ``paths.from_sde(s)`` (never 0) and -t for
+    :class:`~companion.paths.Rectified` (valid for t > 0). With it every score-based
+    sampler of the course (chapters 3 and 5) runs on a flow-matching model.
+    """
+    _check_path(path)
+
+    def score_fn(x, t):
+        a, b, da = path.a(t), path.b(t), path.da(t)
+        c = batch_broadcast(da * b**2 - a * path.b_db(t), x)
+        return (batch_broadcast(a, x) * velocity_fn(x, t) - batch_broadcast(da, x) * x) / c
+
+    return score_fn

@@ -214,3 +214,52 @@ def four_gaussians_2d() -> GaussianMixture:
     centred on the corners (+-2, +-2) of a square."""
     means = [[-2.0, -2.0], [-2.0, 2.0], [2.0, -2.0], [2.0, 2.0]]
     return GaussianMixture(means=means, covs=[0.25 * np.eye(2)] * 4, weights=[0.25] * 4)
+
+
+# --------------------------------------------------------------------------- flow matching (chapter 8)
+
+
+def exact_velocity(mix: GaussianMixture, path):
+    """The exact marginal velocity of the Gaussian ``path`` started from ``mix``, as
+    ``velocity(x, t)`` with ``x`` ``(n, d)`` and ``t`` a scalar or ``(n,)`` in [0, 1].
+
+    u_t(x) = E[a'(t) x_0 + b'(t) z | x_t = x] (Eq. eq-marginal-velocity, chapter 8). For a
+    mixture, component k of p_t is N(a mu_k, C_k) with C_k = a^2 Sigma_k + b^2 I, and the
+    Gaussian posterior means E[x_0 | x, k] = mu_k + a Sigma_k C_k^{-1} (x - a mu_k),
+    E[z | x, k] = b C_k^{-1} (x - a mu_k) give
+
+        u_t(x) = sum_k r_k(x) [a' mu_k + (a a' Sigma_k + b b' I) C_k^{-1} (x - a mu_k)],
+
+    r_k the responsibilities under p_t. Only b b' enters, never b' alone, and nothing is
+    divided by a or b: the velocity is finite at t = 0 and t = 1 (``path.b_db``). With the
+    eigendecomposition Sigma_k = U diag(lambda) U^T, every matrix above is
+    U diag(.) U^T, as in :func:`exact_score`.
+    """
+    log_w = jnp.log(mix.weights)
+    evals, evecs = jnp.linalg.eigh(mix.covs)
+    d = mix.dim
+
+    @jax.jit
+    def velocity_jit(x, t):
+        t = jnp.broadcast_to(jnp.asarray(t, dtype=x.dtype), (x.shape[0],))
+        a, da = path.a(t)[:, None, None], path.da(t)[:, None, None]
+        b2, b_db = path.b(t)[:, None, None] ** 2, path.b_db(t)[:, None, None]
+        lam_data = evals.astype(x.dtype)
+        lam = a**2 * lam_data + b2  # (n, K, d): eigenvalues of C_k
+        u = evecs.astype(x.dtype)
+        mu = mix.means.astype(x.dtype)
+        y = jnp.einsum("kji,nkj->nki", u, x[:, None, :] - a * mu)  # U^T (x - a mu)
+        log_pk = log_w - 0.5 * jnp.sum(y**2 / lam + jnp.log(lam), axis=-1) - 0.5 * d * math.log(2 * math.pi)
+        gain = (a * da * lam_data + b_db) / lam
+        comp = da * mu + jnp.einsum("kij,nkj->nki", u, gain * y)  # (n, K, d)
+        resp = jax.nn.softmax(log_pk, axis=-1)
+        return jnp.einsum("nk,nki->ni", resp, comp).astype(x.dtype)
+
+    def velocity(x, t):
+        x = mix._check_points(x)
+        from companion.paths import check_times  # paths imports sde only: no cycle at call time
+
+        check_times(t)
+        return velocity_jit(x, t)
+
+    return velocity

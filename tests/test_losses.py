@@ -202,3 +202,95 @@ def test_bad_options_raise_value_errors(make, match):
 def test_sde_must_be_an_sde():
     with pytest.raises(TypeError, match="sde"):
         losses.denoising_score_matching("VP")
+
+
+# ------------------------------------------------------------------------------ flow matching (chapter 8)
+
+from companion import paths  # noqa: E402
+
+
+def test_flow_matching_per_sample_by_hand():
+    """Rectified path: x_t = (1 - t) x0 + t z, target z - x0, with the documented key split."""
+    model = lambda x, t: x * jnp.array([1.0, -0.5]) + t[:, None]
+    key = jax.random.key(3)
+    k_t, k_z = jax.random.split(key)
+    t = np.asarray(jax.random.uniform(k_t, (3,), X0.dtype, minval=1e-5, maxval=1.0), np.float64)
+    z = np.asarray(jax.random.normal(k_z, X0.shape, X0.dtype), np.float64)
+    x0 = np.asarray(X0, np.float64)
+    xt = (1 - t[:, None]) * x0 + t[:, None] * z
+    pred = xt * np.array([1.0, -0.5]) + t[:, None]
+    want = np.sum((pred - (z - x0)) ** 2, 1) / 2
+    got = losses.flow_matching(paths.Rectified()).per_sample(model, X0, key)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_flow_matching_coupled_uses_the_given_noise():
+    z = jnp.array([[1.0, 0.0], [0.0, -1.0], [2.0, 2.0]])
+    pairs = jnp.stack([X0, z], axis=1)
+    loss = losses.flow_matching(paths.Rectified(), coupled=True)
+    exact = lambda x, t: z - X0  # the conditional velocity of these very pairs (x_t is unused)
+    np.testing.assert_allclose(loss.per_sample(exact, pairs, jax.random.key(0)), 0.0, atol=1e-12)
+    with pytest.raises(ValueError, match="x0"):
+        loss.per_sample(exact, X0, jax.random.key(0))
+
+
+@pytest.mark.parametrize("path", [paths.Rectified(), paths.from_sde(VP)], ids=["rectified", "vp"])
+def test_flow_matching_is_minimised_by_the_exact_velocity(path):
+    """E loss(u + delta) - E loss(u) = E |delta|^2 / 2: the cross term vanishes because u is the
+    conditional mean of the target (the flow-matching identity). Checked for a constant shift and a
+    shift that depends on x and t, with the same draws (common random numbers)."""
+    mix = toy.four_gaussians_2d()
+    x0 = mix.sample(jax.random.key(4), 200_000)
+    u = toy.exact_velocity(mix, path)
+    loss = losses.flow_matching(path, eps=1e-3)
+    key = jax.random.key(5)
+    base = loss.per_sample(u, x0, key)
+    for delta in (lambda x, t: jnp.full_like(x, 0.3), lambda x, t: jnp.sin(x) * t[:, None]):
+        shifted = loss.per_sample(lambda x, t: u(x, t) + delta(x, t), x0, key)
+        diff = np.asarray(shifted - base, np.float64)
+        # the part |delta|^2 / 2 has no target in it; the rest has mean 0
+        k_t, k_z = jax.random.split(key)
+        t = jax.random.uniform(k_t, (x0.shape[0],), x0.dtype, minval=1e-3, maxval=1.0)
+        xt, _ = path.sample(k_z, x0, t)
+        half_sq = np.asarray(jnp.sum(delta(xt, t) ** 2, 1) / 2, np.float64)
+        cross = diff - half_sq
+        se = cross.std() / np.sqrt(len(cross))
+        assert abs(cross.mean()) < 4 * se + 1e-4, (cross.mean(), se)
+        assert half_sq.mean() > 40 * se  # the test has power: a wrong minimiser would show
+
+
+@pytest.mark.parametrize("s", [VP, sdes.VE(), sdes.SubVP()], ids=["vp", "ve", "subvp"])
+def test_velocity_from_score_is_the_probability_flow_drift(s):
+    mix = toy.four_gaussians_2d()
+    x = mix.sample(jax.random.key(6), 32)
+    t = jnp.linspace(0.01, 1.0, 32)
+    score = toy.exact_score(mix, s)
+    p = paths.from_sde(s)
+    v = losses.velocity_from_score(p, score)(x, t)
+    want = s.probability_flow_drift(score, x, t)
+    np.testing.assert_allclose(v, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+    back = losses.score_from_velocity(p, lambda x, t: s.probability_flow_drift(score, x, t))(x, t)
+    np.testing.assert_allclose(back, score(x, t), rtol=1e-4, atol=1e-4)
+
+
+def test_velocity_score_conversion_on_the_rectified_path():
+    """Against the exact velocity and the score of p_t = N(a mu, a^2 Sigma + b^2 I) built by hand."""
+    mix = toy.four_gaussians_2d()
+    x = mix.sample(jax.random.key(7), 16) * 0.8
+    p = paths.Rectified()
+    for t in (0.1, 0.5, 0.9):
+        pt = toy.GaussianMixture((1 - t) * mix.means, (1 - t) ** 2 * mix.covs + t**2 * jnp.eye(2), mix.weights)
+        score = lambda x, tt, pt=pt: pt.score(x)
+        u = toy.exact_velocity(mix, p)
+        tv = jnp.full((16,), t)
+        np.testing.assert_allclose(losses.velocity_from_score(p, score)(x, tv), u(x, tv), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(losses.score_from_velocity(p, u)(x, tv), pt.score(x), rtol=1e-4, atol=1e-4)
+
+
+def test_flow_matching_bad_options():
+    with pytest.raises(TypeError, match="path"):
+        losses.flow_matching(VP)
+    with pytest.raises(ValueError, match="eps"):
+        losses.flow_matching(paths.Rectified(), eps=0.0)
+    with pytest.raises(TypeError, match="path"):
+        losses.velocity_from_score(VP, lambda x, t: x)

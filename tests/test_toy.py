@@ -177,3 +177,97 @@ def test_bad_points_and_times_raise():
         mix.perturbed(SDES[1], 0.0)
     with pytest.raises(ValueError, match="t"):
         toy.exact_score(mix, SDES[1])(jnp.ones((2, 2)), 1.5)
+
+
+# ------------------------------------------------------------------------------ exact_velocity (chapter 8)
+
+from companion import paths  # noqa: E402
+
+VELOCITY_PATHS = [paths.Rectified(), paths.from_sde(sde.VP()), paths.from_sde(sde.VE()),
+                  paths.from_sde(sde.SubVP())]
+VELOCITY_IDS = ["rectified", "vp", "ve", "subvp"]
+
+
+def test_exact_velocity_of_a_1d_gaussian_in_closed_form():
+    """Data N(mu, sigma^2) on the rectified path: x_t = (1 - t) mu + std(t) xi with
+    std(t) = sqrt((1 - t)^2 sigma^2 + t^2), so u_t(x) = -mu + std'(t)/std(t) (x - (1 - t) mu)."""
+    mu, sigma = 1.5, 0.7
+    mix = toy.GaussianMixture([[mu]], [[[sigma**2]]], [1.0])
+    v = toy.exact_velocity(mix, paths.Rectified())
+    x = np.linspace(-3, 4, 7)[:, None]
+    for t in (0.0, 0.3, 0.8, 1.0):
+        std = np.sqrt((1 - t) ** 2 * sigma**2 + t**2)
+        dstd = (-(1 - t) * sigma**2 + t) / std
+        want = -mu + dstd / std * (x - (1 - t) * mu)
+        np.testing.assert_allclose(v(jnp.asarray(x, jnp.float32), t), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("s", SDES, ids=["ve", "vp", "subvp"])
+def test_exact_velocity_of_an_sde_path_is_the_probability_flow_drift(s):
+    mix = random_mixture(3, K=3, d=2)
+    x = mix.sample(jax.random.key(1), 64) * 1.5
+    t = jnp.linspace(0.01, 1.0, 64)
+    got = toy.exact_velocity(mix, paths.from_sde(s))(x, t)
+    want = s.probability_flow_drift(toy.exact_score(mix, s), x, t)
+    scale = float(jnp.max(jnp.abs(want)))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6 * scale)
+
+
+def test_exact_velocity_is_finite_at_both_ends_with_known_values():
+    mix = toy.four_gaussians_2d()
+    x = jnp.array([[0.3, -4.0], [2.0, 2.0], [-10.0, 7.0]])
+    rect = toy.exact_velocity(mix, paths.Rectified())
+    np.testing.assert_allclose(rect(x, 0.0), -x, rtol=1e-6)  # E[z - x_0 | x_0 = x] = -x
+    np.testing.assert_allclose(rect(x, 1.0), x, rtol=1e-6, atol=1e-6)  # E[z - x_0 | z = x] = x - E[x_0]
+    vp = sde.VP()
+    v0 = toy.exact_velocity(mix, paths.from_sde(vp))(x, 0.0)
+    np.testing.assert_allclose(v0, -0.05 * x - 0.05 * np.asarray(mix.score(x)), rtol=1e-5)  # beta_min / 2
+    for p in VELOCITY_PATHS:
+        for t in (0.0, 1.0):
+            assert np.all(np.isfinite(toy.exact_velocity(mix, p)(x, t)))
+
+
+@pytest.mark.parametrize("path", VELOCITY_PATHS[:2], ids=VELOCITY_IDS[:2])
+def test_exact_velocity_is_the_posterior_mean_of_the_conditional_velocity(path):
+    """Monte Carlo: E[a' x_0 + b' z | x_t = x] with x_0 ~ p_data weighted by N(x; a x_0, b^2 I)."""
+    mix = random_mixture(5, K=3, d=2)
+    x0 = np.asarray(mix.sample(jax.random.key(2), 400_000), np.float64)
+    x = np.array([[0.5, -0.5], [1.0, 1.0]])
+    t = 0.6
+    a, b, da, db = (float(c) for c in path.coefficients(t))
+    got = np.asarray(toy.exact_velocity(mix, path)(jnp.asarray(x, jnp.float32), t))
+    for xi, gi in zip(x, got):
+        logw = -np.sum((xi - a * x0) ** 2, 1) / (2 * b**2)
+        w = np.exp(logw - logw.max())
+        w /= w.sum()
+        z = (xi - a * x0) / b
+        want = w @ (da * x0 + db * z)
+        se = np.sqrt(w**2 @ np.sum((da * x0 + db * z - want) ** 2, 1))  # self-normalised IS error
+        assert np.all(np.abs(gi - want) < 5 * se + 1e-3), (gi, want, se)
+
+
+def test_exact_velocity_solves_the_continuity_equation():
+    """d/dt log p_t + div u + u . grad log p_t = 0 for the rectified path (autodiff in t and x)."""
+    mix = random_mixture(7, K=2, d=2)
+    path = paths.Rectified()
+    v = toy.exact_velocity(mix, path)
+
+    def log_p(x, t):  # p_t of the rectified path, built by hand: N(a mu, a^2 Sigma + b^2 I)
+        m = toy.GaussianMixture((1 - t) * mix.means, (1 - t) ** 2 * mix.covs + t**2 * jnp.eye(2), mix.weights)
+        return m.log_prob(x[None])[0]
+
+    x = jnp.array([[0.2, -0.4], [1.5, 0.5], [-1.0, 2.0]])
+    for t in (0.2, 0.5, 0.9):
+        dt = jax.vmap(jax.grad(log_p, argnums=1), (0, None))(x, t)
+        grad = jax.vmap(jax.grad(log_p), (0, None))(x, t)
+        div = jax.vmap(lambda xi: jnp.trace(jax.jacfwd(lambda y: v(y[None], t)[0])(xi)))(x)
+        residual = dt + div + jnp.sum(v(x, t) * grad, 1)
+        np.testing.assert_allclose(residual, 0.0, atol=2e-4)
+
+
+def test_exact_velocity_bad_times_raise():
+    v = toy.exact_velocity(toy.four_gaussians_2d(), paths.Rectified())
+    with pytest.raises(ValueError, match="t"):
+        v(jnp.zeros((2, 2)), 1.5)
+    with pytest.raises(ValueError, match="x"):
+        v(jnp.zeros((2, 3)), 0.5)

@@ -1,0 +1,268 @@
+"""Gaussian probability paths for flow matching (chapter 8).
+
+A Gaussian path joins the data (t = 0) to the noise (t = 1) by
+
+    x_t = a(t) x_0 + b(t) z,        x_0 ~ p_data,  z ~ N(0, I),       (eq-gaussian-path)
+
+with a(0) = 1, b(0) = 0 and a(1) ~ 0, b(1) ~ 1 (the course's convention: data at
+t = 0, noise at t = 1). Its *conditional velocity*, the time derivative of x_t with
+x_0 and z held fixed, is a'(t) x_0 + b'(t) z (Eq. eq-conditional-velocity, chapter 8).
+
+=====================  ====================  ==================  ==========================
+path                   a(t)                  b(t)                remark
+=====================  ====================  ==================  ==========================
+:class:`Rectified`     1 - t                 t                   straight lines x_0 -> z
+                                                                 (Liu et al. 2023; Lipman
+                                                                 et al. 2023 with sigma_min
+                                                                 = 0)
+:func:`from_sde`       m(t) of the SDE       s(t) of the SDE     the paths of chapters 2-5
+=====================  ====================  ==================  ==========================
+
+Every path gives a, b, their derivatives ``da``, ``db`` and the product
+``b_db`` = b b' = (b^2)'/2, which stays finite where b' does not (for the VP and VE
+paths s(t) ~ sqrt(t) near t = 0, so b'(0) is infinite but b b' is not). Formulas that
+must hold at both ends (:func:`companion.toy.exact_velocity`, the velocity-score
+conversion of :mod:`companion.losses`) are written with ``b_db``.
+
+Times are scalars or ``(n,)`` arrays in [0, 1]; values known when the function is called
+outside ``jax.jit`` are checked (``ValueError`` naming ``t``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from companion.sde import LinearSDE, _check_x, batch_broadcast
+
+__all__ = ["GaussianPath", "Rectified", "SDEPath", "from_sde", "check_times"]
+
+
+def check_times(t, name: str = "t"):
+    """``t`` as an array; ``ValueError`` naming ``name`` if its values are known (not traced)
+    and are not finite or lie outside [0, 1]."""
+    if isinstance(t, jax.core.Tracer):
+        return t
+    tv = np.asarray(t)
+    if not np.issubdtype(tv.dtype, np.number) or tv.ndim > 1:
+        raise ValueError(f"{name}: expected a scalar or a 1-D array of times, got {tv!r}")
+    if not np.all(np.isfinite(tv)):
+        raise ValueError(f"{name}: contains NaN or inf")
+    if np.any(tv < 0) or np.any(tv > 1 + 1e-6):
+        raise ValueError(f"{name}: every time must lie in [0, 1], got values in [{tv.min()}, {tv.max()}]")
+    return jnp.asarray(t) if isinstance(t, jax.Array) else jnp.asarray(tv)
+
+
+class GaussianPath:
+    """x_t = a(t) x_0 + b(t) z (Eq. eq-gaussian-path). Subclasses define the five functions
+    ``a``, ``b``, ``da``, ``db``, ``b_db`` of a time ``t`` (scalar or ``(n,)``)."""
+
+    T = 1.0
+
+    def a(self, t):
+        """a(t), the coefficient of the data."""
+        raise NotImplementedError
+
+    def b(self, t):
+        """b(t), the coefficient of the noise."""
+        raise NotImplementedError
+
+    def da(self, t):
+        """a'(t)."""
+        raise NotImplementedError
+
+    def db(self, t):
+        """b'(t) (infinite at t = 0 for the paths of the VE and VP SDEs)."""
+        raise NotImplementedError
+
+    def b_db(self, t):
+        """b(t) b'(t) = (b^2)'(t) / 2, finite on all of [0, 1]."""
+        raise NotImplementedError
+
+    # -- what follows is the same for every path
+    def coefficients(self, t):
+        """``(a, b, a', b')`` at ``t``, after checking ``t``."""
+        t = check_times(t)
+        return self.a(t), self.b(t), self.da(t), self.db(t)
+
+    def sample(self, key, x0, t):
+        """x_t for data ``x0`` ``(n, *dims)`` at times ``t``: returns ``(x_t, z)``."""
+        x0 = _check_x(x0)
+        t = check_times(t)
+        z = jax.random.normal(key, x0.shape, x0.dtype)
+        return self.interpolate(x0, z, t), z
+
+    def interpolate(self, x0, z, t):
+        """a(t) x0 + b(t) z (Eq. eq-gaussian-path) for given data and noise."""
+        x0 = _check_x(x0)
+        t = check_times(t)
+        return batch_broadcast(self.a(t), x0) * x0 + batch_broadcast(self.b(t), x0) * z
+
+    def conditional_velocity(self, x0, z, t):
+        """a'(t) x0 + b'(t) z: d x_t / dt with x0 and z fixed (Eq. eq-conditional-velocity)."""
+        x0 = _check_x(x0)
+        t = check_times(t)
+        return batch_broadcast(self.da(t), x0) * x0 + batch_broadcast(self.db(t), x0) * z
+
+
+@dataclasses.dataclass(frozen=True)
+class Rectified(GaussianPath):
+    """The straight path x_t = (1 - t) x_0 + t z: a = 1 - t, b = t, a' = -1, b' = 1.
+
+    Its conditional velocity z - x_0 does not depend on t (Liu et al. 2023; the
+    optimal-transport path of Lipman et al. 2023 with sigma_min = 0).
+    """
+
+    def a(self, t):
+        return 1.0 - jnp.asarray(t)
+
+    def b(self, t):
+        return jnp.asarray(t) * 1.0
+
+    def da(self, t):
+        return -jnp.ones_like(jnp.asarray(t, dtype=jnp.result_type(t, float)))
+
+    def db(self, t):
+        return jnp.ones_like(jnp.asarray(t, dtype=jnp.result_type(t, float)))
+
+    def b_db(self, t):
+        return jnp.asarray(t) * 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SDEPath(GaussianPath):
+    """The path of a linear SDE (chapter 2): a = m(t), b = s(t), the perturbation kernel.
+
+    With the SDE's drift coefficient alpha(t) (f = alpha x) and diffusion g(t),
+    m' = alpha m and, from the moment equation (s^2)' = 2 alpha s^2 + g^2,
+    b b' = alpha s^2 + g^2 / 2 and b' = alpha s + g^2 / (2 s).
+
+    For the VE SDE a = 1 and b(1) = s(1) is large (the prior's std), so x_1 is not
+    N(0, I): a path need not end at a unit Gaussian, only at a known prior.
+    """
+
+    sde: LinearSDE
+
+    def __post_init__(self):
+        if not isinstance(self.sde, LinearSDE):
+            raise TypeError(f"sde: expected a companion.sde SDE, got {type(self.sde).__name__}")
+
+    def a(self, t):
+        return self.sde.mean_coefficient(t)
+
+    def b(self, t):
+        return self.sde.kernel_std(t)
+
+    def da(self, t):
+        return self.sde.drift_coefficient(t) * self.sde.mean_coefficient(t)
+
+    def b_db(self, t):
+        s = self.sde.kernel_std(t)
+        return self.sde.drift_coefficient(t) * s**2 + 0.5 * self.sde.diffusion(t) ** 2
+
+    def db(self, t):
+        return self.b_db(t) / self.sde.kernel_std(t)
+
+
+def from_sde(sde: LinearSDE) -> SDEPath:
+    """The Gaussian path of a linear SDE: a(t) = m(t), b(t) = s(t) (see :class:`SDEPath`)."""
+    return SDEPath(sde)
+
+
+# --------------------------------------------------------------------------- integrating a velocity field
+
+_METHODS = ("euler", "heun", "tsit5")
+
+
+def _solver(method):
+    import diffrax
+
+    return {"euler": diffrax.Euler(), "heun": diffrax.Heun(), "tsit5": diffrax.Tsit5()}[method]
+
+
+def _nfe(method, n_steps):
+    # evaluations per step: Euler 1, Heun 2, Tsit5 6 per attempted step + 1 (first same as last)
+    return {"euler": n_steps, "heun": 2 * n_steps, "tsit5": 6 * n_steps + 1}[method]
+
+
+@functools.partial(jax.jit, static_argnames=("velocity", "method", "n_saved", "max_steps"))
+def _integrate(velocity, x, t0, t1, n_steps, rtol, atol, method, n_saved, max_steps):
+    import diffrax
+
+    def field(t, y, args):
+        return velocity(y, jnp.full(y.shape[:1], t, y.dtype))
+
+    if method == "tsit5":
+        controller = diffrax.PIDController(rtol=rtol, atol=atol)
+        dt0 = (t1 - t0) / 100
+    else:
+        controller = diffrax.ConstantStepSize()
+        dt0 = (t1 - t0) / n_steps
+    saveat = diffrax.SaveAt(t1=True) if n_saved == 0 else diffrax.SaveAt(ts=jnp.linspace(t0, t1, n_saved))
+    sol = diffrax.diffeqsolve(diffrax.ODETerm(field), _solver(method), t0=t0, t1=t1, dt0=dt0, y0=x,
+                              stepsize_controller=controller, saveat=saveat, max_steps=max_steps)
+    ys = sol.ys[0] if n_saved == 0 else sol.ys
+    return ys, sol.stats["num_steps"]
+
+
+def integrate(velocity, x, *, method: str = "tsit5", n_steps: int = 100, rtol: float = 1e-5,
+              atol: float = 1e-5, t0: float = 1.0, t1: float = 0.0, n_saved: int = 0, max_steps: int = 4096):
+    """Solve dx/dt = ``velocity(x, t)`` from ``t0`` (noise, default 1) to ``t1`` (data, default 0)
+    starting at ``x`` ``(n, *dims)``; returns ``(x_t1, nfe)``.
+
+    The solvers are diffrax's, the same as :func:`companion.sampling.probability_flow`:
+    ``"euler"`` and ``"heun"`` with ``n_steps`` equal steps (NFE ``n_steps`` and
+    ``2 n_steps``), ``"tsit5"`` adaptive with ``rtol``, ``atol`` (NFE counted: 6 per
+    attempted step + 1). A velocity model of any path plugs in directly; a score model
+    goes through :func:`companion.losses.velocity_from_score`, and for the path of an SDE
+    the score-based samplers of :mod:`companion.sampling` apply to a velocity model via
+    :func:`companion.losses.score_from_velocity`.
+
+    ``n_saved > 0``: return the states at ``n_saved`` equally spaced times from ``t0`` to
+    ``t1`` instead, shape ``(n_saved, n, *dims)`` (trajectories, for straightness).
+    ``n_steps`` is traced: one compilation serves every number of steps.
+    """
+    if not callable(velocity):
+        raise TypeError(f"velocity: expected a callable velocity(x, t), got {type(velocity).__name__}")
+    x = _check_x(x)
+    if method not in _METHODS:
+        raise ValueError(f"method: expected one of {_METHODS}, got {method!r}")
+    if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or not 1 <= n_steps <= max_steps:
+        raise ValueError(f"n_steps: expected an int in [1, max_steps = {max_steps}], got {n_steps!r}")
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if not (isinstance(value, (int, float)) and 0 < value < np.inf):
+            raise ValueError(f"{name}: expected a finite positive number, got {value!r}")
+    check_times(t0, "t0")
+    check_times(t1, "t1")
+    if t0 == t1:
+        raise ValueError("t0, t1: the interval is empty")
+    from companion.sampling import _static
+
+    ys, steps = _integrate(_static(velocity), x, float(t0), float(t1), int(n_steps), float(rtol), float(atol),
+                           method, int(n_saved), int(max_steps))
+    return ys, _nfe(method, int(steps))
+
+
+def straightness(velocity, xs, t0: float = 1.0, t1: float = 0.0):
+    """Straightness of trajectories ``xs`` ``(k, n, *dims)`` saved at k equal times from ``t0``
+    to ``t1`` (from :func:`integrate` with ``n_saved=k``), relative to their chord:
+
+        S = E int ||v(x_t, t) - (x_t0 - x_t1) / (t0 - t1)||^2 dt / E ||(x_t0 - x_t1) / (t0 - t1)||^2
+
+    (Liu et al. 2023, Eq. eq-straightness, chapter 8, made dimensionless). S = 0 exactly
+    when every trajectory is a straight line run at constant speed. The time integral
+    is the trapezoidal rule on the saved times (the velocity is evaluated there).
+    """
+    xs = jnp.asarray(xs)
+    k = xs.shape[0]
+    ts = jnp.linspace(t0, t1, k)
+    chord = (xs[0] - xs[-1]) / (t0 - t1)
+    dev = jax.vmap(lambda x, t: jnp.sum((velocity(x, jnp.full(x.shape[:1], t, x.dtype)) - chord).reshape(
+        x.shape[0], -1) ** 2, axis=1))(xs, ts)  # (k, n)
+    w = jnp.full((k,), 1.0 / (k - 1)).at[0].set(0.5 / (k - 1)).at[-1].set(0.5 / (k - 1))
+    num = jnp.mean(jnp.tensordot(w, dev, axes=1))
+    return num / jnp.mean(jnp.sum(chord.reshape(chord.shape[0], -1) ** 2, axis=1))
