@@ -28,9 +28,12 @@ accurate there; stopping at ``eps`` changes the samples only by noise of std s(e
 the scale of any structure in the course's data. ``eps = 1e-3`` is the default for all
 three SDEs, as Song et al. use for VP and sub-VP (chapter 3 measures both sides).
 
-All samplers are jitted with ``sde``, ``score_fn`` and ``shape`` static and ``n_steps``,
-``eps``, ``snr`` traced: keep one ``score_fn`` object and repeated calls, for any number
-of steps, reuse the compiled code.
+All samplers are jitted with ``sde`` and ``shape`` static and ``n_steps``, ``eps``,
+``snr`` traced. A model (an ``nnx.Module``, or any pytree callable such as the guided
+scores of :mod:`companion.conditional`) is passed as traced state: its weights are
+arguments of the compiled program, its architecture part of the cache key, so every
+model of one architecture, for any number of steps, reuses the compiled code. A plain
+function is static (keep one function object to reuse the compiled code).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from typing import Callable
 import diffrax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from companion.sde import LinearSDE, ScoreFn, batch_broadcast
 
@@ -130,6 +134,54 @@ def _static(fn):
     except TypeError:
         return _ById(fn)
     return fn
+
+
+def _unwrap(leaf):
+    return leaf.fn if isinstance(leaf, _ById) else leaf
+
+
+@jax.tree_util.register_pytree_node_class
+class _Traced:
+    """A score function as a ``jax.jit`` argument: its arrays traced, the rest static.
+
+    ``score_fn`` is flattened as a pytree: an ``nnx.Module`` (or any pytree callable, e.g.
+    a ``jax.tree_util.Partial`` over models) gives its weights as array leaves, which jit
+    traces, and a hashable rest (the graph structure, functions, Python numbers), which
+    is part of jit's cache key. So one compiled sampler serves every model of one
+    architecture, no weight is baked into the program as a constant, and the jit cache
+    does not keep the model alive. A plain function has no array leaf: it is static (by
+    identity), as before.
+    """
+
+    def __init__(self, aux, arrays):
+        self.aux, self.arrays = aux, tuple(arrays)
+        treedef, is_array, statics = aux
+        arrays_it, statics_it = iter(self.arrays), iter(statics)
+        leaves = [next(arrays_it) if a else _unwrap(next(statics_it)) for a in is_array]
+        self.fn = jax.tree.unflatten(treedef, leaves)
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+    def tree_flatten(self):
+        return self.arrays, self.aux
+
+    @classmethod
+    def tree_unflatten(cls, aux, arrays):
+        return cls(aux, arrays)
+
+
+def _traceable(fn) -> _Traced:
+    """``fn`` as a :class:`_Traced` (arrays traced, rest static and hashable)."""
+    leaves, treedef = jax.tree.flatten(fn)
+    is_array = tuple(isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves)
+    statics = tuple(_static(leaf) for leaf, a in zip(leaves, is_array) if not a)
+    aux = (treedef, is_array, statics)
+    try:
+        hash(aux)
+    except TypeError:  # an unhashable static part: the whole function, by identity
+        return _Traced((jax.tree.structure(0), (False,), (_ById(fn),)), ())
+    return _Traced(aux, [leaf for leaf, a in zip(leaves, is_array) if a])
 
 
 # --------------------------------------------------------------------------- shared pieces
@@ -245,7 +297,7 @@ def _scan_reverse(step, x, ts, key):
     return mean
 
 
-@functools.partial(jax.jit, static_argnames=("sde", "score_fn", "shape", "predictor", "n_corrector"))
+@functools.partial(jax.jit, static_argnames=("sde", "shape", "predictor", "n_corrector"))
 def _sample_reverse_sde(sde, score_fn, key, shape, n_steps, eps, predictor, n_corrector, snr, per_sample):
     k_prior, k_loop = jax.random.split(key)
     x = sde.prior_sample(k_prior, shape)
@@ -273,7 +325,7 @@ def _run(sde, score_fn, key, shape, n_steps, eps, predictor, n_corrector=0, snr=
     if not isinstance(per_sample, bool):
         raise ValueError(f"per_sample_norms: expected True or False, got {per_sample!r}")
     x = _sample_reverse_sde(
-        sde, _static(score_fn), key, shape, n_steps, eps, predictor, n_corrector, snr, per_sample
+        sde, _traceable(score_fn), key, shape, n_steps, eps, predictor, n_corrector, snr, per_sample
     )
     return x, n_steps * (1 + n_corrector)
 
@@ -318,13 +370,18 @@ def predictor_corrector(
     predictor="reverse_diffusion",
     per_sample_norms=False,
 ):
-    """Predictor-corrector sampling (Song et al. 2021, Algorithms 2 and 3).
+    """Predictor-corrector sampling (Song et al. 2021, Eq. eq-langevin-corrector, chapter 3).
 
-    At every grid time t_k: ``n_corrector`` Langevin steps
+    The order is corrector first, as in Song et al.'s code (``pc_sampler``), not as in
+    the paper's Algorithms 2 and 3, which predict first: at every grid time t_k,
+    ``n_corrector`` Langevin steps at t_k,
     x <- x + e s(x, t_k) + sqrt(2 e) z with e = 2 alpha (snr ||z|| / ||s||)^2
-    (:func:`langevin_step_size`; alpha = 1 for VE, alpha = r^2 = 1 - beta_i for VP and
-    sub-VP), then one ``predictor`` step ("reverse_diffusion" or "euler_maruyama") to
-    t_{k+1}. ``n_corrector = 0`` gives the predictor alone. The norms are averaged over
+    (:func:`langevin_step_size`; alpha = 1 for VE, alpha = r^2 = exp(-(B(t_k) -
+    B(t_{k+1}))) for VP and sub-VP, Song et al.'s 1 - beta_i to first order), then one
+    ``predictor`` step ("reverse_diffusion" or "euler_maruyama") from t_k to t_{k+1}.
+    The last grid time eps gets no corrector. ``snr = 0.16`` is Song et al.'s setting
+    for CIFAR-10 (VE), not a universal one. ``n_corrector = 0`` gives the predictor
+    alone. The norms are averaged over
     the batch unless ``per_sample_norms=True`` (which low-dimensional data punish:
     see :func:`langevin_step_size`).
 
@@ -342,7 +399,7 @@ def _nfe_per_step(solver) -> tuple[int, int]:
     return (stages - 1, 1) if tab.fsal else (stages, 0)
 
 
-@functools.partial(jax.jit, static_argnames=("sde", "score_fn", "shape", "solver", "max_steps"))
+@functools.partial(jax.jit, static_argnames=("sde", "shape", "solver", "max_steps"))
 def _solve_flow(sde, score_fn, key, shape, rtol, atol, eps, solver, max_steps):
     x = sde.prior_sample(key, shape)
 
@@ -391,7 +448,7 @@ def probability_flow(
     eps = _check_eps(eps, sde)
     max_steps = _check_int("max_steps", max_steps, 1)
     per_step, at_start = _nfe_per_step(solver)
-    x, n_steps = _solve_flow(sde, _static(score_fn), key, shape, rtol, atol, eps, solver, max_steps)
+    x, n_steps = _solve_flow(sde, _traceable(score_fn), key, shape, rtol, atol, eps, solver, max_steps)
     return x, int(n_steps) * per_step + at_start
 
 
@@ -488,12 +545,12 @@ def _solve_flow_fixed(sde, score_fn, key, shape, n_steps, eps, rho, method, spac
     return _solve_multistep(sde, score_fn, key, shape, n_steps, eps, rho, method, spacing)
 
 
-@functools.partial(jax.jit, static_argnames=("sde", "score_fn", "shape", "spacing"))
+@functools.partial(jax.jit, static_argnames=("sde", "shape", "spacing"))
 def _solve_heun(sde, score_fn, key, shape, n_steps, eps, rho, spacing):
     return _solve_flow_body(sde, score_fn, key, shape, n_steps, eps, rho, "heun", spacing)
 
 
-@functools.partial(jax.jit, static_argnames=("sde", "score_fn", "shape", "spacing"))
+@functools.partial(jax.jit, static_argnames=("sde", "shape", "spacing"))
 def _solve_multistep(sde, score_fn, key, shape, n_steps, eps, rho, order, spacing):
     return _solve_flow_body(sde, score_fn, key, shape, n_steps, eps, rho, order, spacing)
 
@@ -553,7 +610,7 @@ def _run_fixed(sde, score_fn, key, shape, n_steps, eps, rho, method, spacing):
     rho = _check_positive("rho", rho)
     if spacing not in _SPACINGS:
         raise ValueError(f"spacing: expected one of {_SPACINGS}, got {spacing!r}")
-    return _solve_flow_fixed(sde, _static(score_fn), key, shape, n_steps, eps, rho, method, spacing)
+    return _solve_flow_fixed(sde, _traceable(score_fn), key, shape, n_steps, eps, rho, method, spacing)
 
 
 def heun(sde, score_fn, key, shape, n_steps=15, eps=DEFAULT_EPS, rho=7.0, spacing="karras"):
@@ -595,7 +652,7 @@ def dpm_solver(sde, score_fn, key, shape, n_steps=30, eps=DEFAULT_EPS, order=3, 
     return x, int(n_steps)
 
 
-@functools.partial(jax.jit, static_argnames=("sde", "score_fn", "shape"))
+@functools.partial(jax.jit, static_argnames=("sde", "shape"))
 def _euler_flow(sde, score_fn, key, shape, n_steps, eps):
     x = sde.prior_sample(key, shape)
 
@@ -616,4 +673,4 @@ def euler_ode(sde, score_fn, key, shape, n_steps=100, eps=DEFAULT_EPS):
     shape = _check_shape(shape)
     n_steps = _check_int("n_steps", n_steps, 1)
     eps = _check_eps(eps, sde)
-    return _euler_flow(sde, _static(score_fn), key, shape, n_steps, eps), n_steps
+    return _euler_flow(sde, _traceable(score_fn), key, shape, n_steps, eps), n_steps
