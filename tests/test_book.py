@@ -51,11 +51,19 @@ def _source(docname: str) -> Path:
 
 @pytest.fixture(scope="module")
 def book() -> Path:
-    """Build the book once for this module: every chapter executed, -W -n --keep-going."""
+    """Build the book once for this module: every chapter executed, -W -n --keep-going.
+
+    The chapters run (two at a time) in ``.ci/execute_chapters.py``, which fills the
+    build's execution cache, or does nothing when ``bash .ci/run``'s ``chapters`` step
+    already did for the current code; the build then takes every output from the cache.
+    """
     BUILD.mkdir(exist_ok=True)
     bindir = Path(sys.executable).parent
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # Agg would hide the figures
     env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"
+    executed = subprocess.run([sys.executable, str(ROOT / ".ci" / "execute_chapters.py"), "--if-stale"],
+                              cwd=ROOT, env=env, capture_output=True, text=True)
+    assert executed.returncode == 0, f"a chapter failed:\n{executed.stdout[-3000:]}\n{executed.stderr[-6000:]}"
     cmd = [str(bindir / "jupyter-book"), "build", str(ROOT), "--all", "-W", "-n", "--keep-going"]
     log = BUILD / "book-build.log"
     with log.open("w") as out:
