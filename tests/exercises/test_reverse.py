@@ -24,6 +24,7 @@ def drift_right_companion(sde, score_fn, x, t):
 
 
 DRIFT_WRONG = {
+    "calls the companion (LinearSDE.reverse_drift)": drift_right_companion,
     "sign of the score term": lambda s, f, x, t: s.drift(x, t) + s.diffusion(t) ** 2 * f(x, t),
     "probability flow drift": lambda s, f, x, t: s.drift(x, t) - 0.5 * s.diffusion(t) ** 2 * f(x, t),
     "g instead of g^2": lambda s, f, x, t: s.drift(x, t) - s.diffusion(t) * f(x, t),
@@ -32,7 +33,7 @@ DRIFT_WRONG = {
 }
 
 
-@pytest.mark.parametrize("fn", [drift_right, drift_right_companion])
+@pytest.mark.parametrize("fn", [drift_right])
 def test_reverse_drift_accepts_right_answers(fn):
     assert check("reverse_drift", fn)
 
@@ -95,6 +96,7 @@ def step_euler_maruyama(sde, f, x, t, t_next, z):  # a different sampler: not th
 
 
 STEP_WRONG = {
+    "calls the companion (LinearSDE.transition)": step_right_companion,
     "G^2 without r^2": step_no_r,
     "G on the score": step_g_on_score,
     "score at t_next": step_score_at_next,
@@ -103,7 +105,7 @@ STEP_WRONG = {
 }
 
 
-@pytest.mark.parametrize("fn", [step_right, step_right_companion])
+@pytest.mark.parametrize("fn", [step_right])
 def test_reverse_diffusion_step_accepts_right_answers(fn):
     assert check("reverse_diffusion_step", fn)
 
@@ -174,6 +176,7 @@ def frobenius(v):
 
 
 LANGEVIN_WRONG = {
+    "calls the companion (sampling.langevin_step_size)": langevin_right_companion,
     "per-sample norms": _langevin(per_sample),
     "norm of the whole batch": _langevin(frobenius),
     "noise sqrt(step)": _langevin(batch_mean, noise=1.0),
@@ -182,7 +185,7 @@ LANGEVIN_WRONG = {
 }
 
 
-@pytest.mark.parametrize("fn", [langevin_right, langevin_right_companion])
+@pytest.mark.parametrize("fn", [langevin_right])
 def test_langevin_corrector_step_accepts_right_answers(fn):
     assert check("langevin_corrector_step", fn)
 
@@ -197,3 +200,69 @@ def test_langevin_corrector_step_diagnoses(capsys):
     assert "per sample" in capsys.readouterr().out
     exercises.check("langevin_corrector_step", LANGEVIN_WRONG["noise sqrt(step)"])
     assert "sqrt(2 step)" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------- reverse_sampler
+
+
+def _sampler(sde, score_fn, key, shape, n_steps, eps, *, score_factor=1.0, noise=True,
+             prior=True, drift_sign=-1.0):
+    """Reverse-time Euler-Maruyama in a Python loop; the keywords make it wrong."""
+    h = (sde.T - eps) / n_steps
+    key, k0 = jax.random.split(key)
+    x = sde.prior_sample(k0, shape) if prior else jax.random.normal(k0, shape)
+    for k in range(n_steps):
+        t = jnp.full((shape[0],), sde.T - k * h)
+        g = sde.diffusion(t)[:, None]
+        x = x + drift_sign * (sde.drift(x, t) - score_factor * g**2 * score_fn(x, t)) * h
+        if noise:
+            key, kz = jax.random.split(key)
+            x = x + g * jnp.sqrt(h) * jax.random.normal(kz, shape)
+    return x
+
+
+def sampler_right(sde, score_fn, key, shape, n_steps, eps):
+    return _sampler(sde, score_fn, key, shape, n_steps, eps)
+
+
+def sampler_library(sde, score_fn, key, shape, n_steps, eps):
+    return sampling.euler_maruyama(sde, score_fn, key, shape, n_steps=n_steps, eps=eps)[0]
+
+
+SAMPLER_WRONG = {
+    "calls the companion (sampling.euler_maruyama)": sampler_library,
+    "factor 1/2 on the score (probability-flow drift, with noise)":
+        lambda *a: _sampler(*a, score_factor=0.5),
+    "no noise": lambda *a: _sampler(*a, noise=False),
+    "score term with the wrong sign": lambda *a: _sampler(*a, score_factor=-1.0),
+    "forward drift direction (time not reversed)": lambda *a: _sampler(*a, drift_sign=1.0),
+}
+
+
+def test_reverse_sampler_accepts_a_right_answer():
+    assert check("reverse_sampler", sampler_right)
+
+
+@pytest.mark.parametrize("wrong", SAMPLER_WRONG.values(), ids=SAMPLER_WRONG.keys())
+def test_reverse_sampler_rejects_wrong_answers(wrong, capsys):
+    assert not check("reverse_sampler", wrong)
+
+
+def test_reverse_sampler_says_how_the_modes_are_wrong(capsys):
+    exercises.check("reverse_sampler", SAMPLER_WRONG["no noise"])
+    assert "times as wide" in capsys.readouterr().out
+    exercises.check("reverse_sampler", sampler_library)
+    assert "write it yourself" in capsys.readouterr().out
+
+
+def test_reverse_sampler_reference_is_within_the_band_on_other_seeds():
+    """The reference's time-discretisation bias at 250 steps is well inside the band."""
+    from companion import metrics, toy
+    from companion.exercises.reverse import (_reverse_sampler, _sampler_cases,
+                                             _sampler_mixture)
+
+    mix = _sampler_mixture()
+    for label, s in _sampler_cases():
+        x = _reverse_sampler(s, toy.exact_score(mix, s), jax.random.key(7), (10_000, 2), 250, 1e-3)
+        report = metrics.mixture_report(x, mix.perturbed(s, 1e-3))
+        assert report.max_z < 0.8 * report.threshold, (label, str(report))
