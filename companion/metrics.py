@@ -342,7 +342,7 @@ def mixture_report(x, mix, *, level: float = 1e-3) -> MixtureReport:
 
     Every statistic of :func:`mode_statistics` (K weights, K d mean entries and
     K d (d + 1) / 2 covariance entries) is turned into z = (estimate - truth) / SE, and the
-    sample passes when every |z| is below the Bonferroni threshold
+    sample passes when every ``|z|`` is below the Bonferroni threshold
     Phi^{-1}(1 - level / (2 m)) for m statistics, so exact samples fail with probability at
     most about ``level`` (the correction is conservative: the statistics are correlated).
     Samples with any non-finite row never pass.
@@ -350,7 +350,7 @@ def mixture_report(x, mix, *, level: float = 1e-3) -> MixtureReport:
     Power, measured in ``tests/test_metrics.py`` on ``toy.four_gaussians_2d()`` at
     n = 10 000 and ``level = 1e-3`` (threshold 4.1): rejected in every one of 20 seeds are
     components 10 % too wide (std 0.55 for 0.5), means scaled by 1.03, weights moved by
-    0.03, and the blurred marginal ``mix.perturbed(VP(), 0.1)`` (max |z| >= 6 in every
+    0.03, and the blurred marginal ``mix.perturbed(VP(), 0.1)`` (max ``|z|`` >= 6 in every
     seed). The sliced Wasserstein criterion "below the floor's mean + 3 std" (0.060 at
     n = 10 000 against a fresh data sample) accepts the too-wide components in about 9
     seeds of 10 and the scaled means in about half: it cannot see a width error.

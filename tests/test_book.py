@@ -21,6 +21,9 @@ from urllib.parse import urlparse
 import pytest
 from book_tools import ROOT, course, notebooks
 
+sys.path.insert(0, str(ROOT / "book" / "_tools"))
+import plain_markdown  # noqa: E402
+
 BUILD = ROOT / "_build"
 HTML = BUILD / "html"
 SCREENSHOTS = BUILD / "screenshots"
@@ -102,6 +105,20 @@ def test_every_notebook_chapter_has_its_colab_notebook(book):
             assert (ROOT / "book" / "colab" / f"{source.stem}.ipynb").is_file(), docname
 
 
+def test_colab_equation_numbers_are_the_books(book):
+    """The Colab notebooks print "Eq. (N)" and \\tag{N} with the numbers that
+    plain_markdown.equation_numbers gives; the built page must number them the same."""
+    eqno = re.compile(r'<span class="eqno">\((\d+)\)<a class="headerlink" href="#equation-([\w.:-]+)"')
+    for docname in PAGES:
+        source = _source(docname)
+        if not (source.suffix == ".md" and course.is_notebook_chapter(source.read_text(encoding="utf-8"))):
+            continue
+        html = (book / f"{docname}.html").read_text(errors="replace")
+        built = {label: int(n) for n, label in eqno.findall(html)}
+        ours = plain_markdown.equation_numbers(source.read_text(encoding="utf-8"))
+        assert built == {label: i + 1 for i, label in enumerate(ours)}, docname
+
+
 # ----------------------------------------------------------------------------- browser
 
 
@@ -148,6 +165,11 @@ LOAD_IMAGES = """async () => {
 }"""
 
 
+WIDE_BLOCKS = """() => Array.from(document.querySelectorAll('article pre, main pre'))
+  .filter(p => p.offsetParent !== null && p.scrollWidth > p.clientWidth + 1)
+  .map(p => [(p.textContent.split('\\n').find(l => l.length > 0) || '').slice(0, 60), p.scrollWidth - p.clientWidth])"""
+
+
 def _has_math(source: Path) -> bool:
     text = source.read_text(encoding="utf-8")
     if course.is_jupytext_myst(text):
@@ -192,6 +214,22 @@ def test_page_in_browser(docname, server, browser):
         visible = page.evaluate(VISIBLE_TEXT)
         for raw in ("$$", "\\(", "\\)", "\\[", "\\]", "\\begin{"):
             assert raw not in visible, f"{docname}: raw TeX {raw!r} in the page: ...{visible[max(0, visible.find(raw) - 80):visible.find(raw) + 80]}..."
+
+        # Nothing scrolls sideways: every code block and output fits the column at 1280 px.
+        wide = page.evaluate(WIDE_BLOCKS)
+        assert not wide, f"{docname}: blocks that scroll sideways (first line, overflow in px): {wide[:5]}"
+
+        # Animations: present where the chapter makes one, and they advance when played.
+        for i in range(page.locator("div.animation").count()):
+            anim = page.locator("div.animation").nth(i)
+            first = anim.locator("img").first.get_attribute("src")
+            anim.locator("button[title='Play']").click()
+            page.wait_for_function(
+                "([el, src]) => el.querySelector('img').src !== src", arg=[anim.element_handle(), first], timeout=5_000
+            )
+            anim.locator("button[title='Pause']").click()
+        if course.is_jupytext_myst(text) and "plotting.animation(" in text:
+            assert page.locator("div.animation").count() > 0, f"{docname}: the chapter animates, the page shows none"
 
         # Figures: every image loaded.
         images = page.evaluate(LOAD_IMAGES)

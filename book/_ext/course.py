@@ -311,6 +311,13 @@ a.colab-link, a.colab-link:visited {
   text-decoration: none; border: 1px solid #e09400;
 }
 a.colab-link:hover { background: #ffc233; color: #000; text-decoration: none; }
+/* Code and outputs: 79 columns (the chapters' limit) fit the content column at 1280 px,
+   with room to spare, so that no block scrolls sideways (the browser check asserts it). */
+div.highlight pre, div.cell_output pre { font-size: 12.5px; }
+/* Dark mode: Matplotlib draws black text on a transparent background; give figures and
+   animations a light card so that they stay readable. */
+html[data-theme="dark"] div.cell_output img,
+html[data-theme="dark"] div.animation { background: #fff; border-radius: 4px; }
 """
 
 # --------------------------------------------------------------------- Sphinx wiring
