@@ -153,16 +153,19 @@ def fit(model: nnx.Module, loss: Callable, data, *, steps: int, batch_size: int,
             ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
         return (params, opt_state, ema), (value, optax.tree.norm(grads))
 
-    def chunk(carry, arr, start):
-        # the last call may run past ``steps``: those iterations are skipped by a cond
+    def chunk(carry, arr, start, count):
+        # ``count`` (traced) steps from ``start``: a loop with a run-time trip count, so
+        # the last, shorter call reuses the compiled program and no step pays for a
+        # ``lax.cond``; the outputs fill buffers of length ``steps_per_call``.
         out_struct = jax.eval_shape(lambda c: one_step(c, start, arr)[1], carry)
-        skip = lambda c: (c, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_struct))
+        buffers = jax.tree.map(lambda s: jnp.zeros((steps_per_call, *s.shape), s.dtype), out_struct)
 
-        def body(carry, j):
-            i = start + j
-            return jax.lax.cond(i < steps, lambda c: one_step(c, i, arr), skip, carry)
+        def body(j, state):
+            carry, buffers = state
+            carry, out = one_step(carry, start + j, arr)
+            return carry, jax.tree.map(lambda b, o: b.at[j].set(o), buffers, out)
 
-        carry, (values, norms) = jax.lax.scan(body, carry, jnp.arange(steps_per_call))
+        carry, (values, norms) = jax.lax.fori_loop(0, count, body, (carry, buffers))
         return carry, values, norms
 
     run = jax.jit(chunk, out_shardings=(replicated, replicated, replicated))
@@ -177,8 +180,8 @@ def fit(model: nnx.Module, loss: Callable, data, *, steps: int, batch_size: int,
     n_calls = math.ceil(steps / steps_per_call)
     for c in range(n_calls):
         start = c * steps_per_call
-        carry, values, gnorms = run(carry, arr, jnp.asarray(start, jnp.int32))
         count = min(steps_per_call, steps - start)
+        carry, values, gnorms = run(carry, arr, jnp.asarray(start, jnp.int32), jnp.asarray(count, jnp.int32))
         values = np.asarray(values)[:count]
         losses.append(values)
         norms.append(np.asarray(gnorms)[:count])
