@@ -6,6 +6,9 @@
   Jacobian of a batch function, Eq. (eq-hutchinson), chapter 4.
 * ``langevin_step(score_fn, x, z, step_size)``: one step of (unadjusted) Langevin
   dynamics, Eq. (eq-langevin), chapter 4.
+* ``dsm_minimum(sde, t, data_var, d)`` (conceptual): the value the s^2-weighted DSM loss
+  at time t cannot go below, for Gaussian data N(0, data_var I_d): the constant of
+  Eq. (eq-dsm), as a number.
 
 Inputs come from a fixed NumPy seed; answers are compared with the reference in float64
 tolerances loose enough for float32 arithmetic. Messages name the case and say how the
@@ -70,9 +73,12 @@ def _linear_score(A, b):
 @exercise(
     "dsm_loss",
     chapter=4,
-    hint="x_t comes from the perturbation kernel (sde.mean_coefficient, sde.kernel_std); write the "
-    "kernel's score at x_t in terms of z; the weighting is s(t)^2, the squared error is halved and "
-    "summed over the coordinates of each sample.",
+    hint="Eq. (eq-dsm): the perturbed point comes from the kernel of chapter 2, and the target is the "
+    "kernel's score at that point, written with z. One number per sample.",
+    hint2="x_t = (mean coefficient) x0 + (kernel std) z, both from the SDE at the times t (one per "
+    "sample). The kernel's score at x_t is a multiple of z. Weight by the kernel's variance, halve "
+    "the squared error and sum it over each sample's coordinates.",
+    blocked=("companion.losses:denoising_score_matching",),
     reference=_dsm_loss,
 )
 def _test_dsm_loss(fn):
@@ -101,8 +107,11 @@ def _test_dsm_loss(fn):
 @exercise(
     "hutchinson_trace",
     chapter=4,
-    hint="One Jacobian-vector product per probe: jax.jvp(fn, (x,), (v[p],)) returns (fn(x), J v_p). "
-    "Take the dot product with v_p over the coordinates of each sample, then average over the probes.",
+    hint="Eq. (eq-hutchinson): for each probe, the quadratic form of the Jacobian in that probe, "
+    "averaged over the probes; never build the Jacobian.",
+    hint2="jax.jvp(fn, (x,), (v_p,)) gives the Jacobian times the probe v_p for the whole batch at "
+    "once; dot it with v_p over each sample's coordinates (not over the batch), then average over p.",
+    blocked=("companion.likelihood:hutchinson_divergence",),
     reference=_hutchinson_trace,
 )
 def _test_hutchinson_trace(fn):
@@ -142,8 +151,10 @@ def _test_hutchinson_trace(fn):
 @exercise(
     "langevin_step",
     chapter=4,
-    hint="Move by step_size times the score, then add Gaussian noise scaled so that its variance is "
-    "2 * step_size.",
+    hint="Eq. (eq-langevin): a gradient-ascent move on log p plus noise; the noise's size is tied to "
+    "the step size (how does a Brownian increment scale?).",
+    hint2="The deterministic move is step_size times the score at x; the noise is z scaled so that "
+    "its variance is twice the step size.",
     reference=_langevin_step,
 )
 def _test_langevin_step(fn):
@@ -163,3 +174,110 @@ def _test_langevin_step(fn):
     if np.allclose(np.asarray(fn(score, x, jnp.zeros_like(x), 0.1), np.float64),
                    np.asarray(fn(score, x, jnp.ones_like(x), 0.1), np.float64)):
         raise Mismatch("langevin_step: the result does not depend on the noise z")
+
+
+# ---------------------------------------------------------------------------- dsm_minimum
+
+
+class _KernelOnlySDE:
+    """An SDE that offers only its perturbation kernel, ``marginal(x0, t) -> (mean, std)``,
+    from two functions m(t) and s(t) (one of the course's SDEs, or one made up)."""
+
+    __slots__ = ("__m", "__s")
+
+    def __init__(self, m, s):
+        self.__m, self.__s = m, s
+
+    def marginal(self, x0, t):
+        x0, t = jnp.asarray(x0), jnp.asarray(t)
+        m, s = self.__m(t), self.__s(t)
+        if t.ndim == 1 and x0.ndim >= 1:
+            m = m.reshape((-1,) + (1,) * (x0.ndim - 1))
+        return m * x0, s
+
+    def __repr__(self):
+        return "an SDE with only marginal(x0, t) -> (mean, std)"
+
+
+def _from(sde):
+    return _KernelOnlySDE(sde.mean_coefficient, sde.kernel_std)
+
+
+def _dsm_minimum(sde, t, data_var, d):
+    """Reference: d/2 m^2 c / (m^2 c + s^2), c = data_var (the optimum score is that of
+    p_t = N(0, (m^2 c + s^2) I); what remains is the noise the score cannot predict)."""
+    mean, std = sde.marginal(jnp.ones(()), t)
+    m2c = np.float64(mean) ** 2 * np.float64(data_var)
+    return 0.5 * d * m2c / (m2c + np.float64(std) ** 2)
+
+
+def _minimum_cases():
+    vp, ve = sdes.VP(beta_min=0.1, beta_max=20.0), sdes.VE(sigma_min=0.01, sigma_max=50.0)
+    sub = sdes.SubVP(beta_min=0.1, beta_max=20.0)
+    made_up = _KernelOnlySDE(lambda t: jnp.cos(t), lambda t: 0.3 + jnp.sin(t))
+    return [
+        ("VP, t = 0.3, d = 1, data N(0, 1)", _from(vp), 0.3, 1.0, 1),
+        ("VE, t = 0.5, d = 2, data N(0, 0.25 I)", _from(ve), 0.5, 0.25, 2),
+        ("sub-VP, t = 0.05, d = 64, data N(0, 2 I)", _from(sub), 0.05, 2.0, 64),
+        ("m(t) = cos t, s(t) = 0.3 + sin t, t = 0.7, d = 3, data N(0, 0.5 I)",
+         made_up, 0.7, 0.5, 3),
+        ("VP, t = 1e-4 given as float32, d = 5, data N(0, 4 I)", _from(vp),
+         jnp.float32(1e-4), 4.0, 5),
+        ("VE, t = 1.0, d = 784, data N(0, I)", _from(ve), 1.0, 1.0, 784),
+    ]
+
+
+# A closed form evaluated in float32 or float64: rtol 1e-4 covers float32 round-off and
+# rejects a Monte Carlo estimate (even 10^6 samples leave ~1e-3 relative error) and every
+# wrong answer below (off by factors, or by m(t)^2 where m(t) != 1). A right answer may
+# also be written as d/2 minus the explained part, which cancels in float32: an absolute
+# error of a few float32 roundings of d/2, hence atol = 2e-6 d.
+_MIN_RTOL = 1e-4
+
+
+def _test_dsm_minimum_impl(fn):
+    for label, sde, t, c, d in _minimum_cases():
+        want = _dsm_minimum(sde, t, c, d)
+        what = f"case '{label}'"
+        arr = as_array(fn(sde, t, c, d), what)
+        if arr.shape != ():
+            raise Mismatch(f"{what}: expected a single number (shape ()), got shape {arr.shape}")
+        atol = 2e-6 * d
+        if np.isfinite(arr) and not np.isclose(arr, want, rtol=_MIN_RTOL, atol=atol):
+            got = float(arr)
+            if got == 0.0:
+                raise Mismatch(f"{what}: zero, but the loss cannot reach zero even with the "
+                               "exact score")
+            if np.isclose(got, 0.5 * d, rtol=_MIN_RTOL):
+                raise Mismatch(f"{what}: this is the loss of the zero score function, not the "
+                               "minimum over all score functions")
+            ratio = got / want
+            if np.isclose(ratio, 2.0, rtol=1e-3) or np.isclose(ratio, 0.5, rtol=1e-3):
+                raise Mismatch(f"{what}: off by a factor close to {ratio:.2g}")
+            if np.isclose(ratio, d, rtol=1e-3) or np.isclose(ratio, 1 / d, rtol=1e-3):
+                raise Mismatch(f"{what}: off by a factor d (the dimension)")
+            raise Mismatch(f"{what}: {ratio:.3g} times the right value")
+        expect_close(arr, want, what=what, rtol=_MIN_RTOL, atol=atol)
+
+
+@exercise(
+    "dsm_minimum",
+    chapter=4,
+    hint=(
+        "Which score function minimises the loss of Eq. (eq-dsm) at a fixed t? Put it in; "
+        "what is left is the part of the target z / s that no function of x_t can "
+        "predict. For Gaussian data p_t is Gaussian (chapter 2)."
+    ),
+    hint2=(
+        "Expand the square: with the optimal score, the minimum is E||z||^2 / 2 minus "
+        "s^2 E||score of p_t||^2 / 2. p_t is N(0, (m^2 data_var + s^2) I_d), and "
+        "sde.marginal gives m and s at t. The answer depends on d."
+    ),
+    blocked=(
+        "companion.losses:denoising_score_matching",
+        "companion.losses:fisher_divergence",
+    ),
+    reference=_dsm_minimum,
+)
+def _test_dsm_minimum(fn):
+    _test_dsm_minimum_impl(fn)

@@ -113,3 +113,78 @@ def test_langevin_step_accepts_right_answers():
 @pytest.mark.parametrize("wrong", LANGEVIN_WRONG.values(), ids=LANGEVIN_WRONG.keys())
 def test_langevin_step_rejects_wrong_answers(wrong):
     assert not check("langevin_step", wrong)
+
+
+def dsm_library(score_fn, sde, x0, t, z):  # the companion's loss draws its own noise
+    from companion import losses
+
+    model = lambda x, tt: score_fn(x, tt)  # noqa: E731
+    return losses.denoising_score_matching(sde).per_sample(model, x0, jax.random.key(0))
+
+
+def hutchinson_library(fn, x, v):
+    from companion import likelihood
+
+    return likelihood.hutchinson_divergence(fn, x, v)
+
+
+def test_library_calls_are_refused_kindly(capsys):
+    assert not check("dsm_loss", dsm_library)
+    exercises.check("hutchinson_trace", hutchinson_library)
+    assert "write it yourself" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------- dsm_minimum
+
+
+def minimum_right(sde, t, data_var, d):
+    m, s = sde.marginal(1.0, t)
+    return d / 2 * m**2 * data_var / (m**2 * data_var + s**2)
+
+
+def minimum_right_by_expansion(sde, t, data_var, d):
+    m, s = sde.marginal(jnp.ones(()), t)
+    var_t = m**2 * data_var + s**2
+    return d / 2 - s**2 * (d / var_t) / 2  # E||z||^2/2 - s^2 E||grad log p_t||^2 / 2
+
+
+def minimum_monte_carlo(sde, t, data_var, d):  # estimated with the companion's loss
+    from companion import losses
+
+    class Stub:
+        mean_coefficient = staticmethod(lambda tt: sde.marginal(1.0, tt)[0])
+        kernel_std = staticmethod(lambda tt: sde.marginal(1.0, tt)[1])
+
+    loss = losses.denoising_score_matching(Stub())
+    x0 = jnp.sqrt(data_var) * jax.random.normal(jax.random.key(0), (100_000, d))
+    return loss(lambda x, tt: -x, x0, jax.random.key(1))
+
+
+MINIMUM_WRONG = {
+    "zero (the loss can reach zero)": lambda sde, t, c, d: 0.0,
+    "d/2 (the zero score's loss)": lambda sde, t, c, d: d / 2,
+    "no factor 1/2": lambda sde, t, c, d: 2 * minimum_right(sde, t, c, d),
+    "per coordinate (d forgotten)": lambda sde, t, c, d: minimum_right(sde, t, c, 1),
+    "mean coefficient forgotten (right for VE only)":
+        lambda sde, t, c, d: d / 2 * c / (c + sde.marginal(1.0, t)[1] ** 2),
+    "the explained part instead of the rest":
+        lambda sde, t, c, d: d / 2 - minimum_right(sde, t, c, d),
+    "Monte Carlo with the companion's loss": minimum_monte_carlo,
+}
+
+
+@pytest.mark.parametrize("fn", [minimum_right, minimum_right_by_expansion])
+def test_dsm_minimum_accepts_right_answers(fn):
+    assert check("dsm_minimum", fn)
+
+
+@pytest.mark.parametrize("wrong", MINIMUM_WRONG.values(), ids=MINIMUM_WRONG.keys())
+def test_dsm_minimum_rejects_wrong_answers(wrong):
+    assert not check("dsm_minimum", wrong)
+
+
+def test_dsm_minimum_diagnoses(capsys):
+    exercises.check("dsm_minimum", MINIMUM_WRONG["no factor 1/2"])
+    assert "factor close to 2" in capsys.readouterr().out
+    exercises.check("dsm_minimum", MINIMUM_WRONG["zero (the loss can reach zero)"])
+    assert "cannot reach zero" in capsys.readouterr().out
