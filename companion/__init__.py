@@ -6,4 +6,9 @@ mixtures with exact scores), ``sampling`` (reverse-time samplers), ``losses``,
 Import what you need: ``from companion import sde, toy, sampling``.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:  # the one version is pyproject.toml's; the installed metadata carries it
+    __version__ = version("score-sde-companion")
+except PackageNotFoundError:  # imported from a checkout that was never installed
+    __version__ = "0+unknown"

@@ -33,7 +33,7 @@ def test_generation_is_stable():
 
 
 def test_check_reports_an_out_of_date_notebook(tmp_path):
-    for name in ("_config.yml", "_toc.yml", "references.bib"):
+    for name in ("_config.yml", "_toc.yml", "references.bib", "pyproject.toml"):
         shutil.copy(ROOT / name, tmp_path / name)
     shutil.copytree(ROOT / "book", tmp_path / "book", ignore=shutil.ignore_patterns("__pycache__"))
     tool = [sys.executable, str(tmp_path / "book" / "_tools" / "notebooks.py")]
@@ -87,7 +87,7 @@ def test_student_notebook_has_no_solution_and_no_removed_cell(source):
 
 
 def test_install_cell_does_nothing_outside_colab(monkeypatch):
-    source = notebooks.INSTALL_CELL.format(default_spec='"score-sde-companion @ git+https://x/y"')
+    source = notebooks.INSTALL_CELL.format(default_specs='["score-sde-companion @ git+https://x/y"]')
 
     def forbidden(*args, **kwargs):
         raise AssertionError(f"the install cell ran a command outside Colab: {args}")
@@ -95,6 +95,24 @@ def test_install_cell_does_nothing_outside_colab(monkeypatch):
     monkeypatch.delitem(sys.modules, "google.colab", raising=False)
     monkeypatch.setattr(subprocess, "run", forbidden)
     exec(compile(source, "install-cell", "exec"), {})
+
+
+def test_the_version_and_the_repository_agree_everywhere():
+    """One version (pyproject.toml) and one repository (_config.yml's repository.url):
+    every student notebook installs that release, then that tag; the README names the
+    published book and the package; the companion reports the version."""
+    import companion
+
+    version = notebooks.project_version(ROOT)
+    url = notebooks.load_config(ROOT)["repository"]["url"]
+    for source in CHAPTERS:
+        first = nbformat.read(ROOT / "book" / "colab" / f"{source.stem}.ipynb", as_version=4).cells[0]
+        assert f'"score-sde-companion=={version}"' in first.source, source.stem
+        assert f'"score-sde-companion @ git+{url}@v{version}"' in first.source, source.stem
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert notebooks.book_url(ROOT) in readme
+    assert "pip install score-sde-companion" in readme
+    assert companion.__version__ == version
 
 
 # ----------------------------------------------------------------------- the Colab path

@@ -8,9 +8,12 @@ For every chapter of ``_toc.yml`` that is a jupytext MyST ``.md`` file with code
 the student notebook is the chapter with
 
 - a first code cell that installs the companion package when it runs in Colab
-  (``"google.colab" in sys.modules``) and does nothing anywhere else; the pip spec is
-  ``score-sde-companion @ git+<repository.url of _config.yml>``, or the environment
-  variable ``COMPANION_SPEC`` when set (the tests install a local wheel this way);
+  (``"google.colab" in sys.modules``) and does nothing anywhere else: it installs
+  ``score-sde-companion==<version of pyproject.toml>`` from PyPI, or, failing that, the
+  tag ``v<version>`` of ``repository.url`` of ``_config.yml``, or the environment
+  variable ``COMPANION_SPEC`` when set (the tests install a local wheel this way); pip
+  keeps a preinstalled JAX that the companion's ranges admit; the cell prints the
+  device JAX runs on;
 - every exercise solution replaced by its stub (``course.split_solution``, the very
   function the book uses; see ``book/_ext/course.py``);
 - every ``remove-cell`` cell dropped (the hidden asserts), and no outputs;
@@ -28,6 +31,7 @@ import argparse
 import hashlib
 import json
 import sys
+import tomllib
 from pathlib import Path
 
 import nbformat
@@ -44,24 +48,43 @@ import plain_markdown  # noqa: E402  (MyST -> plain Jupyter Markdown)
 COLAB_DIR = Path("book") / "colab"
 
 INSTALL_CELL = '''\
-# Setup for Colab: install the course's companion package. Elsewhere this cell does nothing
-# (locally, install it once with `pip install -e .` from a clone of the repository).
+# Setup for Colab: install the course's companion package, the release that goes with
+# this book, keeping Colab's own JAX. Elsewhere this cell does nothing (locally, install
+# it once with `pip install -e .` from a clone of the repository).
 import importlib, os, subprocess, sys
 
 if "google.colab" in sys.modules:
-    spec = os.environ.get("COMPANION_SPEC", {default_spec})
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", spec], check=True)
-    importlib.invalidate_caches()'''
+    specs = {default_specs}
+    if "COMPANION_SPEC" in os.environ:  # e.g. a local wheel, for the tests
+        specs = [os.environ["COMPANION_SPEC"]]
+    for spec in specs:  # the release on PyPI first, its tag on GitHub if PyPI has none
+        pip = [sys.executable, "-m", "pip", "install", "--quiet", spec]
+        if subprocess.run(pip).returncode == 0:
+            break
+    else:
+        raise RuntimeError(f"could not install the companion from any of {{specs}}")
+    importlib.invalidate_caches()
+    import jax
+
+    print(f"companion installed; JAX {{jax.__version__}} runs on {{jax.devices()[0].platform}}")'''
 
 
 def load_config(root: Path = ROOT) -> dict:
     return yaml.safe_load((root / "_config.yml").read_text(encoding="utf-8"))
 
 
-def companion_spec(root: Path = ROOT) -> str:
+def project_version(root: Path = ROOT) -> str:
+    """The one version of the course: ``project.version`` of ``pyproject.toml``."""
+    return tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
+
+
+def companion_specs(root: Path = ROOT) -> list[str]:
+    """What the install cell tries, in order: the release of this book's version on PyPI,
+    then the same version's tag in ``repository.url``."""
     url = load_config(root)["repository"]["url"]
     course.github_owner_repo(url)  # validates the URL
-    return f"score-sde-companion @ git+{url}"
+    version = project_version(root)
+    return [f"score-sde-companion=={version}", f"score-sde-companion @ git+{url}@v{version}"]
 
 
 def book_url(root: Path = ROOT) -> str:
@@ -108,14 +131,15 @@ def _cell_id(index: int, cell) -> str:
     return f"c{index:03d}-{digest}"
 
 
-def student_notebook_text(source: Path, spec: str) -> str:
+def student_notebook_text(source: Path, specs: list[str]) -> str:
     """The student notebook for chapter ``source``, as the exact text to write."""
     nb = course.read_myst(source.read_text(encoding="utf-8"))
     name = str(source.relative_to(ROOT)) if source.is_relative_to(ROOT) else str(source)
     nb = course.student_notebook(nb, name=name)
     docname = str(Path(name).with_suffix(""))
     ctx = plain_markdown.book_context(ROOT, docname, book_url(ROOT), toc_files(ROOT))
-    install = nbformat.v4.new_code_cell(INSTALL_CELL.format(default_spec=json.dumps(spec)))
+    listed = "".join(f"\n        {json.dumps(spec)}," for spec in specs)
+    install = nbformat.v4.new_code_cell(INSTALL_CELL.format(default_specs=f"[{listed}\n    ]"))
     install.metadata = {"tags": ["colab-setup"]}
     nb.cells.insert(0, install)
 
@@ -143,9 +167,9 @@ def student_notebook_text(source: Path, spec: str) -> str:
 
 def expected(root: Path = ROOT) -> dict[Path, str]:
     """``{notebook path: text}`` for every chapter with a student notebook."""
-    spec = companion_spec(root)
+    specs = companion_specs(root)
     return {
-        root / COLAB_DIR / f"{source.stem}.ipynb": student_notebook_text(source, spec)
+        root / COLAB_DIR / f"{source.stem}.ipynb": student_notebook_text(source, specs)
         for source in chapter_sources(root)
     }
 
