@@ -122,6 +122,8 @@ def blocking(paths: tuple[str, ...], fn: Callable):
             undo.append((owner, attr, raw))
             setattr(owner, attr, replacement)
             originals[id(original)] = replacement
+        if id(fn) in originals or id(getattr(fn, "__func__", None)) in originals:
+            originals[id(fn)](fn)  # the answer *is* the library's function: refuse kindly
         namespace = getattr(fn, "__globals__", None)
         if isinstance(namespace, dict):
             for key, value in list(namespace.items()):

@@ -7,6 +7,9 @@
 * ``bits_per_dim(log_p, n_dims, n_levels, data_range)``: bits per dimension of discrete
   data from the log density of its rescaled, dequantised version,
   Eq. (eq-dequantisation), chapter 5.
+* ``log_density_ode(velocity, x, t)`` (conceptual): the right-hand side of the augmented
+  ODE that carries a sample and its log density along a flow dx/dt = v(x, t),
+  Eq. (eq-inst-cov), for any velocity field and any sample shape.
 
 Inputs come from a fixed NumPy seed; messages say how an answer is wrong, never what
 the right value is.
@@ -58,9 +61,14 @@ def _f32(a):
 @exercise(
     "pf_drift",
     chapter=5,
-    hint="Compare with the reverse-time SDE of chapter 3: the same two ingredients, f and g^2 times "
-    "the score, but the ODE carries only part of the score term. t has shape (n,): reshape g(t) so "
-    "that it multiplies each sample.",
+    hint="Eq. (eq-pf-ode): the same two ingredients as the reverse-time SDE of chapter 3, but the ODE "
+    "carries only part of the score term, so that its marginals match without noise.",
+    hint2="Forward drift minus a fraction of g(t)^2 times the score; t has shape (n,): reshape g(t) "
+    "so that it multiplies each sample. Compare your factor with the one in the reverse SDE.",
+    blocked=(
+        "companion.sde:LinearSDE.probability_flow_drift",
+        "companion.sde:LinearSDE.reverse_drift",
+    ),
     reference=_pf_drift,
 )
 def _test_pf_drift(fn):
@@ -85,8 +93,15 @@ def _test_pf_drift(fn):
 @exercise(
     "divergence",
     chapter=5,
-    hint="For each sample you need the sum of the diagonal of its own d x d Jacobian: jax.jacfwd of "
-    "a one-sample function, vmapped over the batch, or one jax.jvp per coordinate direction.",
+    hint="Eq. (eq-inst-cov): the divergence is the trace of each sample's own Jacobian, one number "
+    "per sample; the batch function's full Jacobian mixes samples.",
+    hint2="jax.jacfwd of a one-sample function (add and remove the batch axis), vmapped over the "
+    "batch, then the trace; or one jax.jvp per coordinate direction, keeping the matching "
+    "coordinate of each product.",
+    blocked=(
+        "companion.likelihood:exact_divergence",
+        "companion.likelihood:hutchinson_divergence",
+    ),
     reference=_divergence,
 )
 def _test_divergence(fn):
@@ -114,9 +129,15 @@ def _test_divergence(fn):
 @exercise(
     "bits_per_dim",
     chapter=5,
-    hint="A discrete value covers a bin of width (hi - lo) / n_levels in the rescaled space, in each of "
-    "the n_dims coordinates; the probability of a bin is about the density times the bin's volume. "
-    "Then convert nats to bits and divide by the number of dimensions.",
+    hint="Eq. (eq-dequantisation): a discrete value covers a bin in the rescaled space; its "
+    "probability is about the density times the bin's volume. Bits, per dimension.",
+    hint2="The bin's width is the data range divided by n_levels, in each of the n_dims coordinates, "
+    "so the volume enters the log as n_dims times the log of the width. Negate, convert nats to "
+    "bits, divide by n_dims.",
+    blocked=(
+        "companion.likelihood:nats_to_bits_per_dim",
+        "companion.likelihood:bits_per_dim",
+    ),
     reference=_bits_per_dim,
 )
 def _test_bits_per_dim(fn):
@@ -127,3 +148,105 @@ def _test_bits_per_dim(fn):
         expect_close(got, _bits_per_dim(log_p, n_dims, n_levels, data_range),
                      what=f"bits_per_dim (D={n_dims}, {n_levels} levels, range {data_range})",
                      rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------ log_density_ode
+
+
+def _log_density_ode(velocity, x, t):
+    """Reference: (v(x, t), -div v(x, t)); the divergence per sample over all its
+    coordinates, by one forward-mode Jacobian per sample, Eq. (eq-inst-cov)."""
+    n, dims = x.shape[0], x.shape[1:]
+    D = math.prod(dims)
+    t_b = jnp.broadcast_to(jnp.asarray(t, x.dtype), (n,))
+
+    def one(xi, ti):
+        f = lambda y: velocity(y.reshape((1,) + dims), ti[None]).reshape(D)  # noqa: E731
+        return jnp.trace(jax.jacfwd(f)(xi.reshape(D)))
+
+    return velocity(x, t), -jax.vmap(one)(x, t_b)
+
+
+def _velocity_cases():
+    """(label, velocity, x, t): per-sample velocity fields (t a scalar or one per sample)."""
+    rng = _rng()
+    A, b = _f32(rng.normal(size=(3, 3))), _f32(rng.normal(size=3))
+    W = _f32(rng.normal(size=(2, 2)))
+
+    def tt(t, x):  # t as a column that broadcasts against x
+        t = jnp.asarray(t, x.dtype)
+        return t.reshape((-1,) + (1,) * (x.ndim - 1)) if t.ndim else t
+
+    def linear(x, t):
+        return (x @ A.T) * (1.0 + tt(t, x)) + b
+
+    def nonlinear(x, t):
+        return jnp.tanh(x @ W.T) * tt(t, x) + jnp.sin(x[:, ::-1])
+
+    def pixels(x, t):  # (n, 2, 3): elementwise and across one image's pixels
+        return x * jnp.sin(x) + tt(t, x) * jnp.roll(x, 1, axis=2) - 0.3 * x**2
+
+    def shrink(x, t):  # the flow of a VP-like SDE for Gaussian data: a scalar per sample
+        return -(0.5 + tt(t, x)) * x
+
+    return [
+        ("linear field in 3-D, t scalar", linear, _f32(rng.normal(size=(5, 3))), 0.4),
+        ("nonlinear field in 2-D, one t per sample", nonlinear, _f32(rng.normal(size=(4, 2))),
+         _f32(rng.uniform(0.1, 1.0, size=4))),
+        ("samples of shape (2, 3) (tiny images), t scalar", pixels,
+         _f32(rng.normal(size=(3, 2, 3))), 0.7),
+        ("a batch of one, 3-D", linear, _f32(rng.normal(size=(1, 3))), 0.9),
+        ("a contracting field in 5-D, one t per sample", shrink, _f32(rng.normal(size=(6, 5))),
+         _f32(rng.uniform(0.0, 1.0, size=6))),
+    ]
+
+
+# float32 Jacobian traces of sums of ~10 terms of size ~3: rtol 1e-4, atol 1e-4. Wrong answers
+# (a sign, a missing term, a trace over the whole batch) are off by O(1).
+_AUG_RTOL, _AUG_ATOL = 1e-4, 1e-4
+
+
+def _test_log_density_ode_impl(fn):
+    for label, velocity, x, t in _velocity_cases():
+        want_dx, want_dl = _log_density_ode(velocity, x, t)
+        what = f"case '{label}'"
+        got = fn(velocity, x, t)
+        if not isinstance(got, (tuple, list)) or len(got) != 2:
+            raise Mismatch(f"{what}: expected a pair (dx/dt, d log p/dt), got {type(got).__name__}")
+        expect_close(got[0], want_dx, what=what + ", dx/dt", rtol=_AUG_RTOL, atol=_AUG_ATOL)
+        dl = as_array(got[1], what + ", d log p/dt")
+        want_dl = np.asarray(want_dl, np.float64)
+        if dl.shape == want_dl.shape and np.all(np.isfinite(dl)):
+            if np.allclose(dl, -want_dl, rtol=_AUG_RTOL, atol=_AUG_ATOL) and np.any(
+                    np.abs(want_dl) > _AUG_ATOL):
+                raise Mismatch(f"{what}: d log p/dt has the right size but the wrong sign: does "
+                               "density rise or fall where the flow spreads out?")
+        elif dl.size == 1 and x.shape[0] > 1:
+            raise Mismatch(f"{what}: d log p/dt is one number for the whole batch; each sample "
+                           f"needs its own (expected shape {want_dl.shape})")
+        expect_close(dl, want_dl, what=what + ", d log p/dt", rtol=_AUG_RTOL, atol=_AUG_ATOL)
+
+
+@exercise(
+    "log_density_ode",
+    chapter=5,
+    hint=(
+        "Follow one sample along the flow: how does the log density at the moving point "
+        "change? The continuity equation (Eq. (eq-inst-cov)) answers it with the "
+        "divergence of the velocity; get the sign from a flow that spreads mass out."
+    ),
+    hint2=(
+        "Return the velocity itself and, per sample, the divergence of v with respect to "
+        "that sample's coordinates (all of them, whatever the shape), with the sign that "
+        "makes density fall where the flow expands. Flatten each sample, take the trace "
+        "of its Jacobian (jax.jacfwd, vmapped), and pass t through unchanged."
+    ),
+    blocked=(
+        "companion.likelihood:exact_divergence",
+        "companion.likelihood:hutchinson_divergence",
+        "companion.likelihood:log_prob",
+    ),
+    reference=_log_density_ode,
+)
+def _test_log_density_ode(fn):
+    _test_log_density_ode_impl(fn)
