@@ -122,20 +122,81 @@ def test_colab_equation_numbers_are_the_books(book):
 # ----------------------------------------------------------------------------- browser
 
 
+# GitHub Pages serves a project's site under https://<owner>.github.io/<repo>/: the
+# browser check serves the build under the same subpath, so a link to the server's root
+# ("/_static/...") breaks here as it would there.
+SUBPATH = "/" + course.github_owner_repo(CONFIG["repository"]["url"])[1]
+
+
 @pytest.fixture(scope="module")
 def server(book):
-    handler = functools.partial(_QuietHandler, directory=str(book))
+    handler = functools.partial(_SubpathHandler, directory=str(book))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    yield f"http://127.0.0.1:{httpd.server_address[1]}{SUBPATH}"
     httpd.shutdown()
     httpd.server_close()
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+class _SubpathHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves the build under SUBPATH only; everything else is a 404."""
+
+    def translate_path(self, path):
+        if path != SUBPATH and not path.startswith(SUBPATH + "/"):
+            return str(Path(self.directory) / "no-such-file-outside-the-subpath")
+        return super().translate_path(path[len(SUBPATH):] or "/")
+
     def log_message(self, *args):
         pass
+
+
+LINK = re.compile(r"""<(?:a|link|img|script|source|iframe)\b[^>]*?\b(?:href|src)=["']([^"']*)["']""", re.I)
+ANCHOR_IDS = re.compile(r"""\b(?:id|name)=["']([^"']+)["']""")
+
+
+def test_every_internal_link_resolves(book):
+    """Every page, anchor, image and equation reference of the whole site exists, and no
+    link starts at the server's root (it would break under the Pages subpath)."""
+    ids: dict[Path, set[str]] = {}
+
+    def anchors(page: Path) -> set[str]:
+        if page not in ids:
+            ids[page] = set(ANCHOR_IDS.findall(page.read_text(errors="replace")))
+        return ids[page]
+
+    broken = []
+    pages = [p for p in book.rglob("*.html") if "_static" not in p.parts]
+    for page in pages:
+        for link in LINK.findall(page.read_text(errors="replace")):
+            if not link or re.match(r"^[a-z][a-z0-9+.-]*:", link, re.I):
+                continue  # external (http:, mailto:, data:, javascript:) or empty
+            where = f"{page.relative_to(book)} -> {link}"
+            if link.startswith("/"):
+                broken.append(f"{where} (from the server root)")
+                continue
+            target, _, fragment = link.partition("#")
+            path = (page.parent / target.split("?")[0]).resolve() if target else page
+            if path.is_dir():
+                path = path / "index.html"
+            if not path.is_file() or not path.is_relative_to(book.resolve()):
+                broken.append(f"{where} (no such file)")
+            elif fragment and path.suffix == ".html" and fragment not in anchors(path):
+                broken.append(f"{where} (no such anchor)")
+    assert pages and not broken, f"{len(broken)} broken links, e.g.: {broken[:10]}"
+
+
+def test_the_pdf_of_the_book(book, browser):
+    """The book as one PDF (book/_tools/pdf.py): every page of the toc, math typeset
+    (the tool fails on untypeset math or a broken image), several pages a chapter."""
+    sys.path.insert(0, str(ROOT / "book" / "_tools"))
+    import pdf
+
+    out = BUILD / "pdf" / "score-sde-course.pdf"
+    report = pdf.make_pdf(book, out, browser=browser)
+    assert out.read_bytes().startswith(b"%PDF")
+    assert report["pages"] >= 5 * len(notebooks.chapter_sources(ROOT)), report
+    assert report["math"] > 500, report  # every chapter is full of formulas
 
 
 @pytest.fixture(scope="module")
