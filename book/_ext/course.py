@@ -313,7 +313,7 @@ a.colab-link, a.colab-link:visited {
 a.colab-link:hover { background: #ffc233; color: #000; text-decoration: none; }
 /* Code and outputs: 79 columns (the chapters' limit) fit the content column at 1280 px,
    with room to spare, so that no block scrolls sideways (the browser check asserts it). */
-div.highlight pre, div.cell_output pre { font-size: 12.5px; }
+div.highlight pre, div.cell_output pre { font-size: 12px; }
 /* Dark mode: Matplotlib draws black text on a transparent background; give figures and
    animations a light card so that they stay readable. */
 html[data-theme="dark"] div.cell_output img,
