@@ -6,6 +6,9 @@
   x_u given x_o for one Gaussian (Eq. eq-gaussian-conditional).
 * ``replace_known(sde, x, x_known, mask, t, z)``: one replacement of the known coordinates
   by a draw of the forward kernel (Eq. eq-replacement).
+* ``guided_score(score_fn, logits_fn, y, scale)`` (conceptual): the classifier-guided
+  score from a time-dependent classifier that returns unnormalised logits
+  (Eq. eq-guidance).
 
 Inputs come from fixed seeds; messages say how an answer is wrong, never what is right.
 """
@@ -107,9 +110,19 @@ def _diagnose_class(arr, sde, x, t, means, variances, weights):
     "class_probabilities",
     chapter=6,
     hint=(
-        "Under the SDE, component k of p_t is N(m(t) mu_k, (m(t)^2 v_k + s(t)^2) I). Compute "
-        "log w_k + log N(x; ...) for every k, with the full normalising factor, and take a "
-        "softmax over k (jax.nn.softmax keeps it finite)."
+        "Eq. (eq-bayes-classifier): Bayes' rule with the components of p_t, not of the "
+        "data. How does the SDE move and widen each component by time t?"
+    ),
+    hint2=(
+        "Component k of p_t is an isotropic Gaussian whose mean is the data mean times "
+        "m(t) and whose variance adds m(t)^2 v_k and s(t)^2. Work with log weights plus "
+        "log densities (the full normalising factor: variances differ between "
+        "components) and normalise over k with a softmax."
+    ),
+    blocked=(
+        "companion.toy:GaussianMixture.responsibilities",
+        "companion.toy:GaussianMixture.perturbed",
+        "companion.toy:GaussianMixture.log_prob",
     ),
     reference=_class_probabilities,
 )
@@ -186,11 +199,15 @@ def _diagnose_conditional(mean_got, cov_got, mean, cov, x_o, observed):
     "gaussian_conditional",
     chapter=6,
     hint=(
-        "Split the coordinates into observed o and unobserved u (in increasing order), take "
-        "the blocks S_uo, S_oo, S_uu of the covariance, and use the Schur complement: "
-        "mean mu_u + S_uo S_oo^{-1} (x_o - mu_o), covariance S_uu - S_uo S_oo^{-1} S_ou. "
-        "jnp.linalg.solve avoids the explicit inverse."
+        "Eq. (eq-gaussian-conditional): split mean and covariance into observed and "
+        "unobserved blocks; the observed values shift the mean and shrink the covariance."
     ),
+    hint2=(
+        "Keep the coordinates in increasing order in each block. The shift and the shrink "
+        "both go through the observed block's covariance, applied with a linear solve "
+        "(jnp.linalg.solve) rather than an explicit inverse (a Schur complement)."
+    ),
+    blocked=("companion.conditional:mixture_conditional",),
     reference=_gaussian_conditional,
 )
 def _test_gaussian_conditional(fn):
@@ -269,10 +286,15 @@ def _diagnose_replace(arr, sde, x, x_known, mask, t, z):
     "replace_known",
     chapter=6,
     hint=(
-        "Where mask is True, return a draw of p_0t(x_t | x_known): "
-        "sde.mean_coefficient(t) * x_known + sde.kernel_std(t) * z; elsewhere keep x. "
-        "jnp.where(mask, ..., x) broadcasts the mask."
+        "Eq. (eq-replacement): the known coordinates at time t must look like the known "
+        "values after the forward process ran until t; the others stay as they are."
     ),
+    hint2=(
+        "A draw of the perturbation kernel of chapter 2 started at x_known, with the "
+        "given z as its noise, where mask is True; x elsewhere. jnp.where broadcasts the "
+        "mask; the mean coefficient and the kernel's std come from the SDE."
+    ),
+    blocked=("companion.conditional:impute",),
     reference=_replace_known,
 )
 def _test_replace_known(fn):
@@ -285,3 +307,118 @@ def _test_replace_known(fn):
             if msg:
                 raise Mismatch(f"{what}: {msg}")
         expect_close(arr, want, what=what, rtol=_REPL_RTOL, atol=_REPL_ATOL)
+
+
+# --------------------------------------------------------------------------- guided_score
+
+
+def _guided_score(score_fn, logits_fn, y, scale):
+    """Reference: score_fn(x, t) + scale * grad_x log softmax(logits_fn(x, t))[y],
+    per sample (samples are independent, so one gradient of the batch sum serves all)."""
+    import jax
+
+    def score(x, t):
+        yy = jnp.broadcast_to(jnp.asarray(y), (x.shape[0],))
+
+        def total(x):
+            logp = jax.nn.log_softmax(logits_fn(x, t), axis=-1)
+            return jnp.sum(jnp.take_along_axis(logp, yy[:, None], axis=1))
+
+        return score_fn(x, t) + scale * jax.grad(total)(x)
+
+    return score
+
+
+def _guidance_cases():
+    """(label, score_fn, logits_fn, y, scale, x, t)."""
+    rng = np.random.default_rng(20210606)
+    W = jnp.asarray(rng.normal(size=(3, 2)), jnp.float32)
+    b = jnp.asarray(rng.normal(size=3), jnp.float32)
+    W4 = jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)
+
+    def col(t, x):
+        t = jnp.asarray(t, x.dtype)
+        return t[:, None] if t.ndim else t
+
+    def logits3(x, t):  # nonlinear and time-dependent, unnormalised (an offset per x)
+        return (x @ W.T) / (0.2 + col(t, x)) + b + jnp.sum(jnp.sin(x), axis=1, keepdims=True)
+
+    def logits4(x, t):
+        return jnp.tanh(x @ W4.T) * 3.0 * (1.0 - col(t, x)) + jnp.sum(x**2, 1, keepdims=True)
+
+    def score2(x, t):
+        return -x / (0.5 + col(t, x))
+
+    def score3(x, t):
+        return -(x - 1.0) * (1.0 + col(t, x))
+
+    def draw(*shape):
+        return jnp.asarray(rng.normal(size=shape), jnp.float32)
+
+    return [
+        ("3 classes in 2-D, y = 1 (an int), scale 1, t scalar", score2, logits3, 1, 1.0,
+         draw(5, 2), 0.3),
+        ("3 classes, y one per sample, scale 2.5, one t per sample", score2, logits3,
+         jnp.array([0, 2, 1, 2, 0, 1]), 2.5, draw(6, 2),
+         jnp.asarray(rng.uniform(0.05, 1.0, 6), jnp.float32)),
+        ("4 classes in 3-D, y = 3, scale 0.5", score3, logits4, 3, 0.5, draw(4, 3), 0.6),
+        ("4 classes, scale 0 (no guidance)", score3, logits4, 2, 0.0, draw(3, 3), 0.2),
+        ("a batch of one, y given as an array of one", score2, logits3, jnp.array([2]), 1.5,
+         draw(1, 2), 0.8),
+    ]
+
+
+# float32 gradients of smooth functions of size ~10: rtol 1e-4, atol 1e-4. The wrong
+# answers (raw logits, probabilities instead of log probabilities, the class ignored)
+# are off by O(1) on these cases.
+_GUIDE_RTOL, _GUIDE_ATOL = 1e-4, 1e-4
+
+
+def _test_guided_score_impl(fn):
+    import jax
+
+    for label, score_fn, logits_fn, y, scale, x, t in _guidance_cases():
+        what = f"case '{label}'"
+        guided = fn(score_fn, logits_fn, y, scale)
+        if not callable(guided):
+            raise Mismatch(f"{what}: expected a function score(x, t), got {type(guided).__name__}")
+        want = np.asarray(_guided_score(score_fn, logits_fn, y, scale)(x, t), np.float64)
+        arr = as_array(guided(x, t), what)
+        if arr.shape == want.shape and np.all(np.isfinite(arr)) and not _close(
+                arr, want, _GUIDE_RTOL, _GUIDE_ATOL):
+            yy = jnp.broadcast_to(jnp.asarray(y), (x.shape[0],))
+            raw = jax.grad(lambda x: jnp.sum(jnp.take_along_axis(
+                logits_fn(x, t), yy[:, None], axis=1)))(x)
+            if _close(arr, np.asarray(score_fn(x, t)) + scale * np.asarray(raw), _GUIDE_RTOL,
+                      _GUIDE_ATOL):
+                raise Mismatch(f"{what}: you follow the gradient of the raw logit of class y; "
+                               "logits are not log probabilities (their normaliser depends on x)")
+        expect_close(arr, want, what=what, rtol=_GUIDE_RTOL, atol=_GUIDE_ATOL)
+        jitted = jax.jit(guided)(x, t)
+        expect_close(jitted, want, what=what + " (under jax.jit)", rtol=_GUIDE_RTOL,
+                     atol=_GUIDE_ATOL)
+
+
+@exercise(
+    "guided_score",
+    chapter=6,
+    hint=(
+        "Eq. (eq-guidance): Bayes' rule for the score, grad log p_t(x | y) = "
+        "grad log p_t(x) + grad log p_t(y | x). What the classifier returns is not yet "
+        "log p_t(y | x)."
+    ),
+    hint2=(
+        "Turn the logits into log probabilities over the classes (jax.nn.log_softmax), pick "
+        "each sample's class y, and differentiate with respect to x (jax.grad of the sum "
+        "over the batch gives every sample's gradient, since samples do not interact). "
+        "y may be an int or one class per sample; scale multiplies the classifier term only."
+    ),
+    blocked=(
+        "companion.conditional:guided_score",
+        "companion.conditional:classifier_grad",
+        "companion.conditional:classifier_log_prob",
+    ),
+    reference=_guided_score,
+)
+def _test_guided_score(fn):
+    _test_guided_score_impl(fn)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from companion import exercises
+from companion import exercises, toy
 
 
 def check(name, fn):
@@ -61,7 +61,14 @@ def _class_wrong(**kw):
     return fn
 
 
+def class_library(sde, x, t, means, variances, weights):
+    covs = variances[:, None, None] * jnp.eye(x.shape[1])
+    mix = toy.GaussianMixture(means, covs, weights)
+    return mix.perturbed(sde, t).responsibilities(x)
+
+
 CLASS_WRONG = {
+    "calls the companion (GaussianMixture.perturbed.responsibilities)": class_library,
     "the clean-data classifier (no kernel noise)": _class_wrong(scale_mean=False, scale_var=False, noise=False),
     "means not scaled by m(t)": _class_wrong(scale_mean=False),
     "variances not scaled by m(t)^2": _class_wrong(scale_var=False),
@@ -130,6 +137,17 @@ def _cond_wrong(kind):
 COND_WRONG = {k: _cond_wrong(k) for k in ("uncentred", "no inverse", "plus", "prior block")}
 
 
+def cond_library(mean, cov, x_o, observed):
+    from companion import conditional
+
+    mix = toy.GaussianMixture(mean[None], cov[None], jnp.ones(1))
+    c = conditional.mixture_conditional(mix, x_o, observed)
+    return c.means[0], c.covs[0]
+
+
+COND_WRONG["calls the companion (conditional.mixture_conditional)"] = cond_library
+
+
 @pytest.mark.parametrize("fn", [cond_right, cond_right_by_precision])
 def test_gaussian_conditional_accepts_right_answers(fn):
     assert check("gaussian_conditional", fn)
@@ -158,6 +176,8 @@ def replace_right_arithmetic(sde, x, x_known, mask, t, z):
 
 
 REPLACE_WRONG = {
+    "the companion's own noise (sde.perturb)": lambda sde, x, xk, mask, t, z: jnp.where(
+        mask, sde.perturb(jax.random.key(0), xk, t), x),
     "mask inverted": lambda sde, x, xk, mask, t, z: jnp.where(
         mask, x, sde.mean_coefficient(t) * xk + sde.kernel_std(t) * z),
     "no noise": lambda sde, x, xk, mask, t, z: jnp.where(mask, xk, x),
@@ -176,3 +196,90 @@ def test_replace_known_accepts_right_answers(fn):
 @pytest.mark.parametrize("wrong", REPLACE_WRONG.values(), ids=REPLACE_WRONG.keys())
 def test_replace_known_rejects_wrong_answers(wrong):
     assert not check("replace_known", wrong)
+
+
+
+def test_library_calls_are_refused_kindly(capsys):
+    exercises.check("class_probabilities", class_library)
+    assert "write it yourself" in capsys.readouterr().out
+    assert not check("gaussian_conditional", cond_library)
+
+
+# --------------------------------------------------------------------------- guided_score
+
+
+def _logp_y(logits_fn, x, t, y):
+    yy = jnp.broadcast_to(jnp.asarray(y), (x.shape[0],))
+    return jnp.take_along_axis(jax.nn.log_softmax(logits_fn(x, t), -1), yy[:, None], 1)[:, 0]
+
+
+def guided_right(score_fn, logits_fn, y, scale):
+    def score(x, t):
+        grad = jax.grad(lambda x: _logp_y(logits_fn, x, t, y).sum())(x)
+        return score_fn(x, t) + scale * grad
+
+    return score
+
+
+def guided_right_vmap(score_fn, logits_fn, y, scale):  # one sample at a time
+    def score(x, t):
+        n = x.shape[0]
+        yy = jnp.broadcast_to(jnp.asarray(y), (n,))
+        tt = jnp.broadcast_to(jnp.asarray(t, x.dtype), (n,))
+
+        def one(xi, ti, yi):
+            lp = lambda v: jax.nn.log_softmax(logits_fn(v[None], ti[None])[0])[yi]  # noqa: E731
+            return jax.grad(lp)(xi)
+
+        return score_fn(x, t) + scale * jax.vmap(one)(x, tt, yy)
+
+    return score
+
+
+def _guided(score_fn, logits_fn, y, scale, fn):
+    def score(x, t):
+        return score_fn(x, t) + scale * jax.grad(lambda x: fn(x, t).sum())(x)
+
+    return score
+
+
+def guided_library(score_fn, logits_fn, y, scale):
+    from companion import conditional
+
+    return conditional.guided_score(score_fn, logits_fn, y, scale)
+
+
+def _raw_logit(logits_fn, y):
+    def f(x, t):
+        yy = jnp.broadcast_to(jnp.asarray(y), (x.shape[0],))
+        return jnp.take_along_axis(logits_fn(x, t), yy[:, None], 1)[:, 0]
+
+    return f
+
+
+GUIDED_WRONG = {
+    "calls the companion (conditional.guided_score)": guided_library,
+    "raw logit, not log softmax": lambda s, l, y, c: _guided(s, l, y, c, _raw_logit(l, y)),
+    "probability, not log probability": lambda s, l, y, c: _guided(
+        s, l, y, c, lambda x, t: jnp.exp(_logp_y(l, x, t, y))),
+    "class 0 always (y ignored)": lambda s, l, y, c: guided_right(s, l, 0, c),
+    "scale on the whole score": lambda s, l, y, c: (
+        lambda x, t: c * guided_right(s, l, y, 1.0)(x, t)),
+    "no unconditional score": lambda s, l, y, c: (
+        lambda x, t: guided_right(s, l, y, c)(x, t) - s(x, t)),
+}
+
+
+@pytest.mark.parametrize("fn", [guided_right, guided_right_vmap])
+def test_guided_score_accepts_right_answers(fn):
+    assert check("guided_score", fn)
+
+
+@pytest.mark.parametrize("wrong", GUIDED_WRONG.values(), ids=GUIDED_WRONG.keys())
+def test_guided_score_rejects_wrong_answers(wrong):
+    assert not check("guided_score", wrong)
+
+
+def test_guided_score_diagnoses_raw_logits(capsys):
+    exercises.check("guided_score", GUIDED_WRONG["raw logit, not log softmax"])
+    assert "not log probabilities" in capsys.readouterr().out
