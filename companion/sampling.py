@@ -70,6 +70,7 @@ __all__ = [
     "euler_ode",
     "heun",
     "dpm_solver",
+    "trajectory",
 ]
 
 
@@ -674,3 +675,57 @@ def euler_ode(sde, score_fn, key, shape, n_steps=100, eps=DEFAULT_EPS):
     n_steps = _check_int("n_steps", n_steps, 1)
     eps = _check_eps(eps, sde)
     return _euler_flow(sde, _traceable(score_fn), key, shape, n_steps, eps), n_steps
+
+
+# ------------------------------------------------------------------ whole trajectories
+
+
+@functools.partial(jax.jit, static_argnames=("sde", "shape", "n_frames", "stochastic"))
+def _trajectory(sde, score_fn, key, shape, n_steps, eps, n_frames, stochastic):
+    # the same random streams as euler_maruyama (stochastic) and euler_ode
+    k_prior, k_loop = jax.random.split(key) if stochastic else (key, key)
+    x = sde.prior_sample(k_prior, shape)
+    per_frame = n_steps // (n_frames - 1)
+
+    def step(k, x):
+        t = grid_time(sde, k, n_steps, eps).astype(x.dtype)
+        t_next = grid_time(sde, k + 1, n_steps, eps).astype(x.dtype)
+        if stochastic:
+            k_noise = jax.random.split(jax.random.fold_in(k_loop, k), 1)[-1]
+            new, mean = _em_predictor(sde, score_fn, x, t, t_next, k_noise)
+            return jnp.where(k == n_steps - 1, mean, new)  # no noise on the last step
+        return x + (t_next - t) * sde.probability_flow_drift(score_fn, x, _times(x, t))
+
+    def frame(x, j):
+        x = jax.lax.fori_loop(j * per_frame, (j + 1) * per_frame, step, x)
+        return x, x
+
+    _, frames = jax.lax.scan(frame, x, jnp.arange(n_frames - 1))
+    return jnp.concatenate([x[None], frames])
+
+
+def trajectory(sde, score_fn, key, shape, *, n_steps=DEFAULT_N_STEPS, n_frames: int = 31,
+               eps=DEFAULT_EPS, stochastic: bool = True):
+    """The states of a reverse-time sampler along the way, for pictures and animations.
+
+    Runs Euler-Maruyama on the reverse SDE (``stochastic=True``, the same steps as
+    :func:`euler_maruyama`) or Euler on the probability flow ODE (``stochastic=False``, as
+    :func:`euler_ode`) on the uniform grid from T to ``eps`` and keeps ``n_frames`` states,
+    the prior sample first, every ``n_steps / (n_frames - 1)`` steps (``n_steps`` must be
+    a multiple of ``n_frames - 1``). Returns ``(ts, frames)``: the times ``(n_frames,)``
+    and the states ``(n_frames, *shape)``.
+    """
+    _check_sde(sde)
+    _check_score_fn(score_fn)
+    shape = _check_shape(shape)
+    n_steps = _check_int("n_steps", n_steps, 1)
+    n_frames = _check_int("n_frames", n_frames, 2)
+    if not isinstance(stochastic, bool):
+        raise ValueError(f"stochastic: expected True or False, got {stochastic!r}")
+    if n_steps % (n_frames - 1):
+        raise ValueError(f"n_steps: expected a multiple of n_frames - 1 = {n_frames - 1}, got {n_steps}")
+    eps = _check_eps(eps, sde)
+    frames = _trajectory(sde, _traceable(score_fn), key, shape, n_steps, eps, n_frames, stochastic)
+    per_frame = n_steps // (n_frames - 1)
+    ts = jnp.stack([grid_time(sde, j * per_frame, n_steps, eps) for j in range(n_frames)])
+    return ts, frames

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.experimental import io_callback
 
-from companion import metrics, sampling, sde, toy
+from companion import likelihood, metrics, sampling, sde, toy
 
 MIX = toy.four_gaussians_2d()
 SDES = {"VE": sde.VE(sigma_min=0.01, sigma_max=50.0), "VP": sde.VP(), "SubVP": sde.SubVP()}
@@ -155,7 +155,8 @@ def _mlp(seed):
     return nets.ScoreMLP(2, hidden=16, depth=2, sde=SDES["VP"], rngs=nnx.Rngs(seed))
 
 
-@pytest.mark.parametrize("name", ["euler_maruyama", "probability_flow", "dpm_solver", "heun", "euler_ode"])
+@pytest.mark.parametrize("name", ["euler_maruyama", "probability_flow", "dpm_solver", "heun", "euler_ode",
+                                  "log_prob", "sde_bound"])
 def test_two_models_of_one_architecture_compile_once(name):
     """A model is traced state (weights are arguments, not constants): a second model of
     the same architecture reuses the compiled sampler, and gives its own samples, equal
@@ -171,6 +172,10 @@ def test_two_models_of_one_architecture_compile_once(name):
                  sampling._solve_heun),
         "euler_ode": (lambda f: sampling.euler_ode(SDES["VP"], f, jax.random.key(0), (64, 2), n_steps=10),
                       sampling._euler_flow),
+        "log_prob": (lambda f: (likelihood.log_prob(SDES["VP"], f, DATA[:8], eps=1e-3, rtol=1e-3, atol=1e-3), 0),
+                     likelihood._solve_log_prob),
+        "sde_bound": (lambda f: (likelihood.sde_bound(SDES["VP"], f, DATA[:64], jax.random.key(1), n_t=8), 0),
+                      likelihood._sde_bound),
     }
     run, jitted = call[name]
     m1, m2 = _mlp(1), _mlp(2)
@@ -182,7 +187,7 @@ def test_two_models_of_one_architecture_compile_once(name):
     x2_static, _ = run(lambda x, t: m2(x, t))  # weights as compile-time constants
     # fixed grids: float32 rounding (constant folding differs); the adaptive solver at
     # rtol 1e-3: a rounding difference can move an accepted step, so to a few times rtol
-    rtol = 3e-3 if name == "probability_flow" else 1e-4
+    rtol = 3e-3 if name in ("probability_flow", "log_prob") else 1e-4
     np.testing.assert_allclose(x2, x2_static, rtol=rtol, atol=1e-4)
 
 
@@ -249,3 +254,30 @@ def test_wrong_types_raise_type_errors():
         import diffrax
 
         sampling.probability_flow(SDES["VP"], SCORES["VP"], jax.random.key(0), (4, 2), solver=diffrax.Euler())
+
+
+# ------------------------------------------------------------------ trajectories
+
+
+@pytest.mark.parametrize("stochastic, sampler", [(True, "euler_maruyama"), (False, "euler_ode")])
+def test_trajectory_ends_where_its_sampler_ends(stochastic, sampler):
+    """Same steps, same random streams: the last frame is the sampler's output exactly,
+    the first a prior sample, and the times run from T down to eps."""
+    vp = sde.VP()
+    mix = toy.four_gaussians_2d()
+    score = toy.exact_score(mix, vp)
+    key = jax.random.key(3)
+    ts, frames = sampling.trajectory(vp, score, key, (500, 2), n_steps=60, n_frames=7, stochastic=stochastic)
+    x, _ = getattr(sampling, sampler)(vp, score, key, (500, 2), n_steps=60)
+    assert frames.shape == (7, 500, 2) and ts.shape == (7,)
+    assert jnp.array_equal(frames[-1], x)
+    assert float(ts[0]) == pytest.approx(vp.T) and float(ts[-1]) == pytest.approx(sampling.DEFAULT_EPS)
+    assert float(jnp.std(frames[0])) == pytest.approx(1.0, abs=0.1)  # the VP prior N(0, I)
+
+
+@pytest.mark.parametrize("kw, match", [({"n_frames": 1}, "n_frames"), ({"n_steps": 61, "n_frames": 7}, "n_steps"),
+                                       ({"stochastic": 1}, "stochastic")])
+def test_trajectory_rejects_bad_arguments(kw, match):
+    vp = sde.VP()
+    with pytest.raises(ValueError, match=match):
+        sampling.trajectory(vp, toy.exact_score(toy.four_gaussians_2d(), vp), jax.random.key(0), (10, 2), **kw)
