@@ -4,6 +4,9 @@
   [-1, 1) (Eq. eq-digit-scale, chapter 7).
 * ``gaussian_log_prob(x, mean, cov)``: log N(x; mean, cov) with a full covariance, per
   sample (the baseline of chapter 7, Eq. eq-gaussian-log-prob).
+* ``histogram_bits(train_levels, test_levels, n_levels, alpha)`` (conceptual): the
+  per-pixel histogram baseline, fitted with add-alpha smoothing, in bits per dimension
+  of each test image (Eq. eq-bits-per-dim).
 
 Inputs come from fixed seeds; messages say how an answer is wrong, never what is right.
 """
@@ -67,9 +70,14 @@ def _diagnose_dequantize(arr, levels, u, n_levels):
     "dequantize",
     chapter=7,
     hint=(
-        "Add the uniform noise to the integer level first, so that v + u lies in [v, v + 1), then map "
-        "[0, n_levels) linearly onto [-1, 1): multiply by 2 / n_levels and subtract 1."
+        "Eq. (eq-digit-scale): the noise fills each level's unit-wide bin before the bins "
+        "are mapped onto the model's data range."
     ),
+    hint2=(
+        "Add u to the integer level first (so the value lies in [v, v + 1)), then map "
+        "[0, n_levels) linearly onto [-1, 1): a scale and a shift, in that order."
+    ),
+    blocked=("companion.data:dequantize", "companion.data:scale"),
     reference=_dequantize,
 )
 def _test_dequantize(fn):
@@ -139,8 +147,22 @@ def _diagnose_gaussian(arr, x, mean, cov):
     "gaussian_log_prob",
     chapter=7,
     hint=(
-        "With the Cholesky factor L of the covariance (S = L L^T): solve L z = x - mean for z, then "
-        "log N = -|z|^2 / 2 - sum(log diag L) - (d / 2) log(2 pi), per row of x."
+        "Eq. (eq-gaussian-log-prob) without ever forming the inverse covariance: a "
+        "triangular factor of the covariance gives both the quadratic form and the log "
+        "determinant."
+    ),
+    hint2=(
+        "With the Cholesky factor L (covariance = L L^T), a triangular solve against "
+        "x - mean whitens each sample; the log determinant is twice the sum of the logs "
+        "of L's diagonal. Remember the (d / 2) log(2 pi) and the factor 1/2."
+    ),
+    blocked=(
+        "jax.scipy.stats.multivariate_normal:logpdf",
+        "scipy.stats:multivariate_normal.logpdf",
+        "jax.numpy.linalg:inv",
+        "jax.numpy.linalg:pinv",
+        "numpy.linalg:inv",
+        "numpy.linalg:pinv",
     ),
     reference=_gaussian_log_prob,
 )
@@ -156,3 +178,87 @@ def _test_gaussian_log_prob(fn):
             if msg:
                 raise Mismatch(f"{what}: {msg}")
         expect_close(arr, want, what=what, rtol=1e-3, atol=1e-3)
+
+
+# ------------------------------------------------------------------------- histogram_bits
+
+
+def _histogram_bits(train_levels, test_levels, n_levels, alpha):
+    """Reference: probs[i, v] = (count of v at pixel i + alpha) / (n + alpha L); bits/dim
+    of each test image = -sum_i log2 probs[i, v_i] / D, in float64."""
+    tr = np.asarray(train_levels).reshape(len(train_levels), -1)
+    te = np.asarray(test_levels).reshape(len(test_levels), -1)
+    counts = (tr[:, :, None] == np.arange(n_levels)).sum(0)  # (D, L)
+    probs = (counts + alpha) / (len(tr) + alpha * n_levels)
+    logp = np.log(probs[np.arange(te.shape[1]), te])  # (n_test, D)
+    return -logp.sum(1) / (te.shape[1] * np.log(2.0))
+
+
+def _histogram_cases():
+    """(label, train (n, *dims) ints, test (m, *dims) ints, n_levels, alpha). Training
+    images leave some levels unseen at some pixels, and the test images use them."""
+    rng = np.random.default_rng(20210707)
+
+    def images(n, shape, L, skew):
+        p = np.exp(-skew * np.arange(L))
+        return rng.choice(L, size=(n,) + shape, p=p / p.sum())
+
+    return [
+        ("8x8 images, 17 levels, alpha = 1", images(40, (8, 8), 17, 0.4),
+         images(7, (8, 8), 17, 0.2), 17, 1.0),
+        ("flat vectors of 10 pixels, 4 levels, alpha = 0.5", images(25, (10,), 4, 1.0),
+         images(5, (10,), 4, 0.0), 4, 0.5),
+        ("binary 3x5 images, alpha = 2, a test batch of one", images(12, (3, 5), 2, 1.5),
+         images(1, (3, 5), 2, 0.0), 2, 2.0),
+        ("8x8 images, 17 levels, alpha = 0.01 (almost no smoothing)",
+         images(60, (8, 8), 17, 0.3), images(4, (8, 8), 17, 0.3), 17, 0.01),
+    ]
+
+
+# float64 (or float32) sums of 64 logs of size ~5: rtol 1e-5 covers float32; the wrong answers
+# below are off by 10 % or more.
+_HIST_RTOL, _HIST_ATOL = 1e-5, 1e-6
+
+
+def _test_histogram_bits_impl(fn):
+    for label, train, test, L, alpha in _histogram_cases():
+        want = _histogram_bits(train, test, L, alpha)
+        what = f"case '{label}'"
+        arr = as_array(fn(train, test, L, alpha), what)
+        if arr.shape == want.shape and not np.all(np.isfinite(arr)):
+            raise Mismatch(f"{what}: infinite or NaN bits: a level never seen at some pixel in "
+                           "training must keep a positive probability")
+        if arr.shape == want.shape and not _close(arr, want, _HIST_RTOL, _HIST_ATOL):
+            ratio = float(np.median(arr / want))
+            if abs(ratio - 1 / math.log2(math.e)) < 1e-3:
+                raise Mismatch(f"{what}: off by a factor close to {ratio:.3f} (a unit?)")
+            if abs(ratio - np.prod(test.shape[1:])) < 1e-2 * ratio:
+                raise Mismatch(f"{what}: off by a factor equal to the number of pixels")
+            raise Mismatch(f"{what}: {ratio:.3g} times the right value (median over images)")
+        expect_close(arr, want, what=what, rtol=_HIST_RTOL, atol=_HIST_ATOL)
+
+
+@exercise(
+    "histogram_bits",
+    chapter=7,
+    hint=(
+        "The histogram baseline models every pixel independently with its own categorical "
+        "distribution over levels, estimated from the training images with alpha "
+        "pseudo-counts per level. It is a discrete model: Eq. (eq-bits-per-dim) without "
+        "any bin width."
+    ),
+    hint2=(
+        "Count, for each pixel position and each level, how many training images have "
+        "that level there; add alpha to every count and normalise over the levels (the "
+        "denominator grows with n_levels too). A test image's probability is the product "
+        "over its pixels; take -log2 and divide by the number of pixels."
+    ),
+    blocked=(
+        "companion.data:pixel_histogram",
+        "companion.data:categorical_mixture_bits",
+        "companion.data:fit_categorical_mixture",
+    ),
+    reference=_histogram_bits,
+)
+def _test_histogram_bits(fn):
+    _test_histogram_bits_impl(fn)
