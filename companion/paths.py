@@ -257,12 +257,18 @@ def straightness(velocity, xs, t0: float = 1.0, t1: float = 0.0):
     when every trajectory is a straight line run at constant speed. The time integral
     is the trapezoidal rule on the saved times (the velocity is evaluated there).
     """
-    xs = jnp.asarray(xs)
+    from companion.sampling import _static
+
+    return _straightness(_static(velocity), jnp.asarray(xs), float(t0), float(t1))
+
+
+@functools.partial(jax.jit, static_argnames=("velocity",))
+def _straightness(velocity, xs, t0, t1):
     k = xs.shape[0]
-    ts = jnp.linspace(t0, t1, k)
+    ts = jnp.linspace(t0, t1, k).astype(xs.dtype)
     chord = (xs[0] - xs[-1]) / (t0 - t1)
-    dev = jax.vmap(lambda x, t: jnp.sum((velocity(x, jnp.full(x.shape[:1], t, x.dtype)) - chord).reshape(
-        x.shape[0], -1) ** 2, axis=1))(xs, ts)  # (k, n)
+    sq = lambda v: jnp.sum(v.reshape(v.shape[0], -1) ** 2, axis=1)
+    dev = jax.lax.map(lambda args: sq(velocity(args[0], jnp.full(args[0].shape[:1], args[1], xs.dtype)) - chord),
+                      (xs, ts))  # (k, n)
     w = jnp.full((k,), 1.0 / (k - 1)).at[0].set(0.5 / (k - 1)).at[-1].set(0.5 / (k - 1))
-    num = jnp.mean(jnp.tensordot(w, dev, axes=1))
-    return num / jnp.mean(jnp.sum(chord.reshape(chord.shape[0], -1) ** 2, axis=1))
+    return jnp.mean(jnp.tensordot(w.astype(xs.dtype), dev, axes=1)) / jnp.mean(sq(chord))

@@ -26,5 +26,6 @@ from companion.exercises import odes  # noqa: F401  chapter 1
 from companion.exercises import sdes, reverse  # noqa: F401  chapters 2 and 3
 from companion.exercises import score_matching, flow  # noqa: F401  chapters 4, 5
 from companion.exercises import mixtures, images  # noqa: F401  chapters 6, 7
+from companion.exercises import flow_matching  # noqa: F401  chapter 8
 
 __all__ = ["check", "names", "get", "hint", "progress", "progress_path", "Mismatch"]
