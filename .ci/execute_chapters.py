@@ -60,7 +60,9 @@ def fingerprint() -> str:
     files = [ROOT / "_config.yml", ROOT / "_toc.yml"]
     for folder in ("book", "companion"):
         for path in sorted((ROOT / folder).rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts and "colab" not in path.relative_to(ROOT).parts[:2]:
+            parts = path.relative_to(ROOT).parts
+            transient = any(q == "__pycache__" or q.startswith(".") for q in parts)  # caches, checkpoints of editors
+            if path.is_file() and not transient and parts[:2] != ("book", "colab"):
                 files.append(path)
     for path in files:
         h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
