@@ -14,13 +14,13 @@ from companion import exercises
 INTRO = (ROOT / "book" / "intro.md").read_text(encoding="utf-8")
 
 
-def test_every_chapter_ends_with_two_to_four_exercises():
-    # "Each chapter ends with two to four exercises."
-    assert "Each chapter ends with two to four exercises" in INTRO
+def test_every_chapter_ends_with_three_to_five_exercises():
+    # "Each chapter ends with three to five exercises."
+    assert "Each chapter ends with three to five exercises" in INTRO
     per_chapter = Counter(exercises.get(name).chapter for name in exercises.names())
     n_chapters = len(notebooks.chapter_sources(ROOT))
     assert sorted(per_chapter) == list(range(1, n_chapters + 1))
-    assert all(2 <= count <= 4 for count in per_chapter.values()), per_chapter
+    assert all(3 <= count <= 5 for count in per_chapter.values()), per_chapter
 
 
 def test_the_map_of_the_course_links_every_chapter_in_book_order():
@@ -28,3 +28,30 @@ def test_the_map_of_the_course_links_every_chapter_in_book_order():
     linked = re.findall(r"^\d+\. \{doc\}`([^`]+)`", section, flags=re.MULTILINE)
     chapters = [path.stem for path in notebooks.chapter_sources(ROOT)]
     assert linked == chapters
+
+
+def test_the_progress_file_is_where_the_introduction_says(monkeypatch):
+    # "~/.local/share/score-sde-course/progress.json on Linux and Colab"
+    import sys
+
+    from companion.exercises import _core
+
+    assert "~/.local/share/score-sde-course/progress.json" in INTRO
+    assert "COMPANION_PROGRESS_FILE" in INTRO and _core.PROGRESS_ENV == "COMPANION_PROGRESS_FILE"
+    monkeypatch.delenv(_core.PROGRESS_ENV, raising=False)
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    path = exercises.progress_path()
+    assert str(path).replace(str(_core.Path.home()), "~") == (
+        "~/.local/share/score-sde-course/progress.json")
+
+
+def test_every_exercise_section_shows_each_registered_exercise():
+    # Each chapter's Exercises section defines and checks every exercise registered for it.
+    for path in notebooks.chapter_sources(ROOT):
+        text = path.read_text(encoding="utf-8")
+        section = text[text.index("## Exercises"):]
+        chapter = int(path.stem[:2])
+        for name in [n for n in exercises.names() if exercises.get(n).chapter == chapter]:
+            assert f"def {name}(" in section, (path.name, name)
+            assert f'exercises.check("{name}", {name}' in section, (path.name, name)
