@@ -13,7 +13,7 @@ so, integrating from ``eps`` to ``T``,
 
     log p_eps(x) = log p_T(x(T)) + int_eps^T div F(x(t), t) dt,
 
-with p_T replaced by the prior N(0, s(T)^2 I) (:meth:`LinearSDE.prior_log_prob`). The
+with p_T replaced by the prior N(0, s(T)^2 I) (:meth:`~companion.sde.LinearSDE.prior_log_prob`). The
 divergence is exact (``d`` Jacobian-vector products) or the Skilling-Hutchinson estimate
 E_v[v^T (dF/dx) v] with one probe ``v`` per sample held fixed along the trajectory, as in
 FFJORD (Grathwohl et al. 2019).
@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from companion import sampling
 from companion.sde import LinearSDE, ScoreFn, _check_x, batch_broadcast, check_cutoff
 
 BatchFn = Callable[[jax.Array], jax.Array]
@@ -118,7 +119,7 @@ def log_prob(sde: LinearSDE, score_fn: ScoreFn, x, *, key=None, eps: float = 1e-
     the replacement of p_T by the prior. The last is log p_T(x_T) - log N(x_T; 0, s(T)^2):
     for VP with the default betas p_T has mean m(T) E[x_0], m(T) = 0.0066, so it is about
     m(T) E[x_0] x_T, up to 0.02 nats for data with mean 0.8 (``tests/test_likelihood.py``
-    measures it); for VE it is of order |x_0| |x_T| / sigma_max^2.
+    measures it); for VE it is of order ``|x_0| |x_T| / sigma_max^2``.
     """
     eps = check_cutoff(sde, eps)
     x = _check_x(x)
@@ -133,7 +134,7 @@ def log_prob(sde: LinearSDE, score_fn: ScoreFn, x, *, key=None, eps: float = 1e-
         v = probes(key, (n, n_probes) + dims, kind=probe, dtype=x.dtype)
     solver = diffrax.Tsit5() if solver is None else solver
     prior = sde.prior_log_prob if prior_log_prob is None else prior_log_prob
-    logp, steps = _solve_log_prob(sde, _Static(score_fn), _Static(prior), solver, key is None, int(max_steps),
+    logp, steps = _solve_log_prob(sde, sampling._traceable(score_fn), _Static(prior), solver, key is None, int(max_steps),
                                   x, v, eps, rtol, atol)
     if return_stats:
         return logp, {"num_steps": steps, "nfe": solver_nfe(solver, steps)}
@@ -183,7 +184,7 @@ class _Static:
         return other.fn is self.fn or (self._key[0] == "hash" and bool(other.fn == self.fn))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
+@functools.partial(jax.jit, static_argnums=(0, 2, 3, 4, 5))  # score_fn: traced state
 def _solve_log_prob(sde, score_fn, prior, solver, exact, max_steps, x, v, eps, rtol, atol):
     def one(xi, vi):
         def field(t, y, args):
@@ -262,7 +263,7 @@ def sde_bound(sde: LinearSDE, score_fn: ScoreFn, x, key, *, n_t: int = 64, eps: 
     ``eps`` (this gives a density p_eps^SDE), then the Gaussian decoder
     x_0 ~ N(x_eps / m(eps), (s(eps) / m(eps))^2 I) that inverts the kernel
     x_eps = m(eps) x_0 + s(eps) z. Its negative ELBO (Song, Durkan et al. 2021, Thm. 3;
-    Huang et al. 2021), with x_t = m(t) x + s(t) z (Eq. eq-sde-bound, chapter 5), is
+    Huang et al. 2021), with x_t = m(t) x + s(t) z (Eq. eq-sde-bound, chapter 5), is::
 
         -log p(x) <= -d log m(eps)                               reconstruction - entropy
                      + E_z[-log pi(m(T) x + s(T) z)]             prior term
@@ -304,10 +305,10 @@ def sde_bound(sde: LinearSDE, score_fn: ScoreFn, x, key, *, n_t: int = 64, eps: 
     else:
         grid = None
     prior = None if prior_log_prob is None else _Static(prior_log_prob)
-    return _sde_bound(sde, _Static(score_fn), prior, int(n_t), x, key, eps, grid)
+    return _sde_bound(sde, sampling._traceable(score_fn), prior, int(n_t), x, key, eps, grid)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+@functools.partial(jax.jit, static_argnums=(0, 2, 3))  # score_fn: traced state
 def _sde_bound(sde, score_fn, prior, n_t, x, key, eps, grid):
     n, dims = x.shape[0], x.shape[1:]
     d = math.prod(dims)

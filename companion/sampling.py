@@ -7,14 +7,14 @@ samplers use the uniform grid T = t_0 > t_1 > ... > t_N = eps (:func:`time_grid`
 a ``lax.fori_loop`` over its steps (:func:`reverse_loop`); the last step adds no noise
 (it returns the mean of the last transition, the "denoising" step of Song et al. 2021).
 
-================================  =============================================  ============
-sampler                           one step from t_k to t_{k+1} (h = t_k - t_{k+1})  NFE
-================================  =============================================  ============
-:func:`euler_maruyama`            x - [f - g^2 s] h + g sqrt(h) z                 N
-:func:`reverse_diffusion`         x - (r - 1) x + q^2 s + q z                     N
-:func:`predictor_corrector`       ``n_corrector`` Langevin steps, then a predictor  N (1 + n_corrector)
-:func:`probability_flow`          adaptive ODE solver (diffrax)                   counted
-================================  =============================================  ============
+===============================  ================================================  ==================
+sampler                          one step from t_k to t_{k+1} (h = t_k - t_{k+1})  NFE
+===============================  ================================================  ==================
+:func:`euler_maruyama`           x - [f - g^2 s] h + g sqrt(h) z                    N
+:func:`reverse_diffusion`        x - (r - 1) x + q^2 s + q z                        N
+:func:`predictor_corrector`      ``n_corrector`` Langevin steps, then a predictor   N (1 + n_corrector)
+:func:`probability_flow`         adaptive ODE solver (diffrax)                      counted
+===============================  ================================================  ==================
 
 Here f, g are the drift and diffusion of the forward SDE at t_k, s = score_fn(x, t_k),
 and (r, q) = ``sde.transition(t_{k+1}, t_k)`` is the exact forward transition
@@ -475,7 +475,7 @@ def noise_level(sde: LinearSDE, t):
 def time_of_noise_level(sde: LinearSDE, sigma, n_iter: int = 64):
     """The time t in [0, T] with sigma(t) = ``sigma``, by bisection (sigma(t) increases with t).
 
-    Works for every :class:`LinearSDE` and for traced ``sigma``; 64 halvings of [0, T]
+    Works for every :class:`~companion.sde.LinearSDE` and for traced ``sigma``; 64 halvings of [0, T]
     reach the float resolution.
     """
     sigma = jnp.asarray(sigma)
