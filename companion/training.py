@@ -1,8 +1,8 @@
 """Training a score model: :func:`fit`, and checkpoints of NNX models (chapters 4 to 7).
 
 ``fit`` runs ``steps`` optimiser steps of a loss from :mod:`companion.losses` (any
-``loss(model, x0, key) -> scalar``), ``steps_per_call`` of them inside one jitted
-``lax.scan``, so Python is visited a handful of times per thousand steps.
+``loss(model, x0, key) -> scalar``), ``steps_per_call`` of them inside one jitted loop
+(``lax.fori_loop``), so Python is visited a handful of times per thousand steps.
 
 * Optimiser: optax Adam (the default; pass ``optimizer=`` for another), gradient clipping
   by global norm, linear warm-up of the learning rate, optional exponential moving
@@ -103,7 +103,8 @@ def fit(model: nnx.Module, loss: Callable, data, *, steps: int, batch_size: int,
             holding the EMA weights.
         clip_norm, warmup_steps: gradient clipping and linear warm-up of
             :func:`make_optimizer` (ignored when ``optimizer`` is given).
-        steps_per_call: optimiser steps per jitted call (a ``lax.scan``).
+        steps_per_call: optimiser steps per jitted call (a ``lax.fori_loop``; the last
+            call runs the remainder with the same compiled program).
         progress: show a tqdm progress bar with the running loss.
         devices: the devices to shard the batch over (default ``jax.devices()``).
 

@@ -66,6 +66,18 @@ def test_fit_is_deterministic_whatever_steps_per_call(run):
     assert not np.allclose(hist3["loss"], hist["loss"])
 
 
+def test_the_last_shorter_call_reuses_the_compiled_loop(caplog):
+    """300 steps at 128 per call: calls of 128, 128 and 44 steps, one compilation of the
+    training loop (the trip count is a run-time argument; no per-step cond)."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="jax"), jax.log_compiles(True):
+        _, hist = training.fit(small_model(), LOSS, MIX.sample, key=jax.random.key(0), **KW)
+    compiled = [r.getMessage() for r in caplog.records if "XLA compilation of jit(chunk)" in r.getMessage()]
+    assert hist["loss"].shape == (300,) and np.all(np.isfinite(hist["loss"]))
+    assert len(compiled) == 1, compiled
+
+
 def test_fit_on_an_array_and_with_ema(run):
     model, _, trained, hist = run
     data = MIX.sample(jax.random.key(5), 1000)
