@@ -143,3 +143,66 @@ def test_progress_path_follows_the_platform(monkeypatch, platform, env, expected
     monkeypatch.setattr(_core.sys, "platform", platform)
     home = str(_core.Path.home())
     assert str(exercises.progress_path()) == expected.replace("HOME", home)
+
+
+def _code_lines(fn):
+    """The reference's code: each statement line without comments and blanks, spaces removed."""
+    import inspect
+    import textwrap
+
+    src = textwrap.dedent(inspect.getsource(fn))
+    body = src.split('"""')[-1] if '"""' in src else src  # drop the docstring
+    lines = []
+    for line in body.splitlines():
+        line = line.split("#")[0].strip()
+        if line.startswith("return "):
+            line = line[len("return "):]
+        if line.startswith(("def ", "@", "import ", "from ")):
+            continue
+        code = "".join(line.split())
+        if "=" in code and "==" not in code and not code.startswith("("):
+            code = code.split("=", 1)[1]  # the right-hand side is the formula
+        if len(code) >= 8:
+            lines.append(code)
+    return lines
+
+
+@pytest.mark.parametrize("name", exercises.names())
+def test_no_hint_contains_the_reference_code(name):
+    ex = exercises.get(name)
+    assert ex.hint2, f"{name} has no second hint"
+    for text in (ex.hint, ex.hint2):
+        flat = "".join(text.split())
+        for code in _code_lines(ex.reference):
+            assert code not in flat, (name, code)
+
+
+def test_the_code_line_extraction_has_power():
+    # A hint that pastes a line of the reference is caught.
+    def reference(y, h, k):
+        """doc"""
+        new = y + h * k(y, h)  # a comment
+        return new
+
+    pasted = "Just compute y + h * k(y, h) and return it."
+    assert any(code in "".join(pasted.split()) for code in _code_lines(reference))
+
+
+@pytest.mark.parametrize("name", exercises.names())
+def test_the_library_equivalents_are_refused(name):
+    """Every blocked library function, called inside the reader's function, fails kindly."""
+    ex = exercises.get(name)
+    for path in ex.blocked:
+        owner, attr, original = _core._resolve(path)
+
+        def calls_it(*args, **kwargs):
+            return original(*args, **kwargs)
+
+        with _core.blocking(ex.blocked, calls_it):
+            replaced = getattr(owner, attr)
+            with pytest.raises(_core.WriteItYourself, match="write it yourself"):
+                replaced()
+        assert owner.__dict__.get(attr, getattr(owner, attr)) is not None
+        restored = getattr(owner, attr)
+        assert restored is original or getattr(restored, "__func__", None) is getattr(
+            original, "__func__", original)
