@@ -394,9 +394,6 @@ def _test_guided_score_impl(fn):
                 raise Mismatch(f"{what}: you follow the gradient of the raw logit of class y; "
                                "logits are not log probabilities (their normaliser depends on x)")
         expect_close(arr, want, what=what, rtol=_GUIDE_RTOL, atol=_GUIDE_ATOL)
-        jitted = jax.jit(guided)(x, t)
-        expect_close(jitted, want, what=what + " (under jax.jit)", rtol=_GUIDE_RTOL,
-                     atol=_GUIDE_ATOL)
 
 
 @exercise(

@@ -166,7 +166,7 @@ def _diagnose_step(arr, s, score_fn, x, t, t_next, z):
         return _close(arr, v, _STEP_RTOL, _STEP_ATOL)
 
     if near(x64 - (r - 1) * x64 + g2_no_r * sc + np.sqrt(g2_no_r) * z64):
-        return "G^2 is s(t)^2 - s(t_next)^2; the noise already there at t_next is shrunk by r over the step (r^2 s(t_next)^2)"
+        return "the step's noise variance is too large: the noise already present at t_next is shrunk by r^2 over the step too"
     if near(x64 - (r - 1) * x64 + np.sqrt(g2) * sc + np.sqrt(g2) * z64):
         return "the score is multiplied by G; it takes G^2"
     if near(x64 - (r - 1) * x64 + g2 * sc_next + np.sqrt(g2) * z64):
@@ -235,9 +235,9 @@ def _diagnose_langevin(arr, score_fn, x, t, z, snr, alpha):
     if near(x64 + frob * sc + np.sqrt(2 * frob) * z64):
         return "the norms are of the whole batch at once; take each sample's norm, then average over the batch"
     if near(x64 + eps * sc + np.sqrt(eps) * z64):
-        return "the noise is sqrt(step) z; Langevin dynamics adds sqrt(2 step) z"
+        return "the noise is too small by a factor sqrt(2) for the step size"
     if near(x64 + eps / 2 * sc + np.sqrt(eps) * z64):
-        return "the step size is missing its factor 2 (e = 2 alpha (snr ||z|| / ||s||)^2)"
+        return "the step size is off by a factor close to 2"
     inv = 2 * alpha * (snr * sn.mean() / zn.mean()) ** 2
     if near(x64 + inv * sc + np.sqrt(2 * inv) * z64):
         return "the ratio of norms is upside down: the step grows with ||z|| and shrinks with ||score||"

@@ -260,7 +260,7 @@ def _test_vp_kernel(fn):
         if mean.shape == want_mean.shape and not _close(mean, want_mean, _VP_RTOL, _VP_ATOL):
             coef = np.exp(-big_b)
             if _close(mean, (coef[:, None] if coef.ndim == 1 else coef) * np.asarray(x0), _VP_RTOL, _VP_ATOL):
-                raise Mismatch(f"{what}, mean: the mean factor is exp(-B/2), the square root of the variance factor")
+                raise Mismatch(f"{what}, mean: the mean decays too fast: your mean factor is the square of the right one")
         expect_close(mean, want_mean, what=what + ", mean", rtol=_VP_RTOL, atol=_VP_ATOL)
         expect_close(std, want_std, what=what + ", std", rtol=_VP_RTOL, atol=_VP_ATOL)
 

@@ -117,7 +117,7 @@ def test_reverse_diffusion_step_rejects_wrong_answers(wrong):
 
 def test_reverse_diffusion_step_diagnoses(capsys):
     exercises.check("reverse_diffusion_step", step_no_r)
-    assert "r^2" in capsys.readouterr().out
+    assert "shrunk by r^2" in capsys.readouterr().out
     exercises.check("reverse_diffusion_step", step_score_at_next)
     assert "t_next" in capsys.readouterr().out
 
@@ -199,7 +199,7 @@ def test_langevin_corrector_step_diagnoses(capsys):
     exercises.check("langevin_corrector_step", LANGEVIN_WRONG["per-sample norms"])
     assert "per sample" in capsys.readouterr().out
     exercises.check("langevin_corrector_step", LANGEVIN_WRONG["noise sqrt(step)"])
-    assert "sqrt(2 step)" in capsys.readouterr().out
+    assert "factor sqrt(2)" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------- reverse_sampler
