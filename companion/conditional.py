@@ -261,7 +261,7 @@ def mixture_conditional(mix: GaussianMixture, x_observed, observed) -> GaussianM
 # --------------------------------------------------------------------------- imputation
 
 
-@functools.partial(jax.jit, static_argnames=("sde", "score_fn", "predictor", "n_corrector"))
+@functools.partial(jax.jit, static_argnames=("sde", "predictor", "n_corrector"))  # score_fn: traced state
 def _impute(sde, score_fn, key, x_known, mask, n_steps, eps, predictor, n_corrector, snr):
     k_prior, k_known, k_loop = jax.random.split(key, 3)
     x = sde.prior_sample(k_prior, x_known.shape).astype(x_known.dtype)
@@ -321,5 +321,5 @@ def impute(sde, score_fn, key, x_known, mask, *, n_steps=sampling.DEFAULT_N_STEP
     snr = sampling._check_positive("snr", snr)
     if predictor not in sampling._PREDICTORS:
         raise ValueError(f"predictor: expected one of {sorted(sampling._PREDICTORS)}, got {predictor!r}")
-    x = _impute(sde, sampling._static(score_fn), key, x_known, mask, n_steps, eps, predictor, n_corrector, snr)
+    x = _impute(sde, sampling._traceable(score_fn), key, x_known, mask, n_steps, eps, predictor, n_corrector, snr)
     return x, n_steps * (1 + n_corrector)
