@@ -30,7 +30,14 @@ def deq_right_two_steps(levels, u, n_levels):
     return 2 * unit - 1
 
 
+def deq_library(levels, u, n_levels):  # bin centres from the companion, shifted by the noise
+    from companion import data
+
+    return data.scale(levels, n_levels) + 2.0 * (u - 0.5) / n_levels
+
+
 DEQ_WRONG = {
+    "calls the companion (data.scale)": deq_library,
     "no noise": lambda v, u, L: -1.0 + 2.0 * v / L,
     "range [0, 1)": lambda v, u, L: (v + u) / L,
     "divided by L - 1": lambda v, u, L: -1.0 + 2.0 * (v + u) / (L - 1),
