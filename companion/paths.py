@@ -57,6 +57,18 @@ def check_times(t, name: str = "t"):
     return jnp.asarray(t) if isinstance(t, jax.Array) else jnp.asarray(tv)
 
 
+def _check_data(x, name: str):
+    """``x`` as a floating array ``(n, *dims)``; ``ValueError`` naming ``name`` if its values are
+    known (not traced) and not all finite."""
+    try:
+        x = _check_x(x)
+    except (ValueError, TypeError) as e:
+        raise type(e)(str(e).replace("x:", f"{name}:", 1)) from None
+    if not isinstance(x, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(x))):
+        raise ValueError(f"{name}: contains NaN or inf")
+    return x
+
+
 class GaussianPath:
     """x_t = a(t) x_0 + b(t) z (Eq. eq-gaussian-path). Subclasses define the five functions
     ``a``, ``b``, ``da``, ``db``, ``b_db`` of a time ``t`` (scalar or ``(n,)``)."""
@@ -91,20 +103,20 @@ class GaussianPath:
 
     def sample(self, key, x0, t):
         """x_t for data ``x0`` ``(n, *dims)`` at times ``t``: returns ``(x_t, z)``."""
-        x0 = _check_x(x0)
+        x0 = _check_data(x0, "x0")
         t = check_times(t)
         z = jax.random.normal(key, x0.shape, x0.dtype)
         return self.interpolate(x0, z, t), z
 
     def interpolate(self, x0, z, t):
         """a(t) x0 + b(t) z (Eq. eq-gaussian-path) for given data and noise."""
-        x0 = _check_x(x0)
+        x0, z = _check_data(x0, "x0"), _check_data(z, "z")
         t = check_times(t)
         return batch_broadcast(self.a(t), x0) * x0 + batch_broadcast(self.b(t), x0) * z
 
     def conditional_velocity(self, x0, z, t):
         """a'(t) x0 + b'(t) z: d x_t / dt with x0 and z fixed (Eq. eq-conditional-velocity)."""
-        x0 = _check_x(x0)
+        x0, z = _check_data(x0, "x0"), _check_data(z, "z")
         t = check_times(t)
         return batch_broadcast(self.da(t), x0) * x0 + batch_broadcast(self.db(t), x0) * z
 
@@ -228,7 +240,7 @@ def integrate(velocity, x, *, method: str = "tsit5", n_steps: int = 100, rtol: f
     """
     if not callable(velocity):
         raise TypeError(f"velocity: expected a callable velocity(x, t), got {type(velocity).__name__}")
-    x = _check_x(x)
+    x = _check_data(x, "x")
     if method not in _METHODS:
         raise ValueError(f"method: expected one of {_METHODS}, got {method!r}")
     if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or not 1 <= n_steps <= max_steps:

@@ -137,3 +137,30 @@ def test_integrate_bad_arguments(kwargs, match):
         paths.integrate(linear_field(1.0), jnp.ones((2, 2)), **kwargs)
     with pytest.raises(TypeError, match="velocity"):
         paths.integrate("field", jnp.ones((2, 2)))
+
+
+def test_one_compilation_serves_every_number_of_steps():
+    traces = []
+
+    def field(x, t):
+        traces.append(1)  # runs once per trace, not per step
+        return -x
+
+    x = jnp.ones((3, 2))
+    paths.integrate(field, x, method="euler", n_steps=3)
+    first = len(traces)  # diffrax traces the field a few times while compiling
+    assert first >= 1
+    for n in (5, 17):
+        paths.integrate(field, x, method="euler", n_steps=n)
+    assert len(traces) == first  # no new trace: no new compilation
+
+
+@pytest.mark.parametrize("name", ["x0", "z"])
+def test_non_finite_data_raise_value_errors_naming_the_argument(name):
+    good = jnp.ones((2, 2))
+    bad = good.at[0, 1].set(jnp.nan)
+    args = {"x0": good, "z": good, name: bad}
+    with pytest.raises(ValueError, match=name):
+        paths.Rectified().interpolate(args["x0"], args["z"], 0.5)
+    with pytest.raises(ValueError, match="x"):
+        paths.integrate(lambda x, t: x, bad)
