@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
-from companion import sampling
+from companion import losses, sampling
 from companion.sde import LinearSDE, ScoreFn, check_time
 from companion.toy import GaussianMixture, _component_terms
 
@@ -51,6 +51,7 @@ __all__ = [
     "impute",
     "mixture_conditional",
     "classifier_loss",
+    "label_dropout_loss",
 ]
 
 
@@ -323,3 +324,31 @@ def impute(sde, score_fn, key, x_known, mask, *, n_steps=sampling.DEFAULT_N_STEP
         raise ValueError(f"predictor: expected one of {sorted(sampling._PREDICTORS)}, got {predictor!r}")
     x = _impute(sde, sampling._traceable(score_fn), key, x_known, mask, n_steps, eps, predictor, n_corrector, snr)
     return x, n_steps * (1 + n_corrector)
+
+
+# --------------------------------------------------------------------------- classifier-free training
+
+
+def label_dropout_loss(sde: LinearSDE, null_label: int, *, p_uncond: float = 0.2, weighting: str = "sigma2",
+                       eps: float = 1e-5):
+    """Denoising score matching of a class-conditional model with label dropout: ``loss(model, (x0, y), key)``.
+
+    ``model(x, t, y)`` (e.g. :class:`companion.nets.ClassConditionalMLP`). Each sample's
+    label is replaced by ``null_label`` with probability ``p_uncond``, and the loss is
+    :func:`companion.losses.denoising_score_matching` of ``model(., ., y)``: its
+    minimiser is the score of p_t(x | y) for a label and that of p_t(x) for the null
+    label, the two scores classifier-free guidance mixes (Ho and Salimans 2022;
+    :func:`classifier_free`).
+    """
+    if not 0.0 < p_uncond < 1.0:
+        raise ValueError(f"p_uncond: expected a probability in (0, 1), got {p_uncond!r}")
+    dsm = losses.denoising_score_matching(sde, weighting=weighting, eps=eps)
+
+    def loss(model, batch, key):
+        x0, y = batch
+        k_drop, k_dsm = jax.random.split(key)
+        drop = jax.random.bernoulli(k_drop, p_uncond, y.shape)
+        y = jnp.where(drop, null_label, y)
+        return dsm(lambda x, t: model(x, t, y), x0, k_dsm)
+
+    return loss

@@ -49,6 +49,9 @@ __all__ = [
     "to_levels",
     "read_idx",
     "load_mnist",
+    "pixel_histogram",
+    "fit_categorical_mixture",
+    "categorical_mixture_bits",
 ]
 
 
@@ -117,6 +120,70 @@ def to_levels(x, n_levels: int = DIGITS_LEVELS):
     x = jnp.asarray(x)
     v = jnp.floor((x + 1.0) * n_levels / 2.0)
     return jnp.clip(v, 0, n_levels - 1).astype(jnp.int32)
+
+
+# --------------------------------------------------------------------------- discrete baselines
+#
+# Models of the levels themselves, with no network and no dequantisation: their bits per
+# dimension are exact code lengths, -log2 P(levels) / D, the numbers a density model of the
+# dequantised digits must beat (its bits/dim bound the same code length from above).
+
+
+def _flat_levels(levels, n_levels):
+    v = np.asarray(levels).reshape(len(levels), -1)
+    if not np.issubdtype(v.dtype, np.integer) or v.min() < 0 or v.max() >= n_levels:
+        raise ValueError(f"levels: expected integers in 0..{n_levels - 1}")
+    return v
+
+
+def pixel_histogram(train_levels, n_levels: int = DIGITS_LEVELS, *, alpha: float = 0.5):
+    """Independent per-pixel categorical distributions: ``probs (D, L)``.
+
+    ``probs[i, v]`` is the frequency of level ``v`` at pixel ``i`` in ``train_levels``
+    (``(n, *dims)``), smoothed by ``alpha`` pseudo-counts per level (1/2: the
+    Krichevsky-Trofimov estimator of coding theory; 1: Laplace's rule) so that no level
+    unseen in training gets probability 0. A one-component
+    :func:`categorical_mixture_bits` evaluates it.
+    """
+    v = _flat_levels(train_levels, n_levels)
+    counts = np.stack([(v == level).sum(axis=0) for level in range(n_levels)], axis=-1)
+    return (counts + alpha) / (len(v) + alpha * n_levels)
+
+
+def fit_categorical_mixture(train_levels, n_components: int, n_levels: int = DIGITS_LEVELS, *,
+                            seed: int = 0, n_iter: int = 50, alpha: float = 0.5):
+    """A mixture of ``K`` independent per-pixel categoricals fitted by EM: ``(weights (K,), probs (K, D, L))``.
+
+    p(v) = sum_k w_k prod_i probs[k, i, v_i]. EM from random responsibilities (``seed``);
+    the M-step adds ``alpha`` pseudo-counts per level (a Dirichlet prior, the maximum a
+    posteriori fit), as :func:`pixel_histogram` does, so every level keeps a positive
+    probability.
+    """
+    v = _flat_levels(train_levels, n_levels)
+    n, d = v.shape
+    onehot = (v[..., None] == np.arange(n_levels)).reshape(n, d * n_levels).astype(np.float64)
+    resp = np.random.default_rng(seed).dirichlet(np.ones(n_components), size=n)  # (n, K)
+    for _ in range(n_iter):
+        counts = (resp.T @ onehot).reshape(n_components, d, n_levels) + alpha  # one matmul
+        probs = counts / counts.sum(axis=-1, keepdims=True)
+        weights = (resp.sum(axis=0) + 1.0) / (n + n_components)  # a pseudo-count: no empty component
+        log_joint = np.log(weights) + onehot @ np.log(probs).reshape(n_components, -1).T  # (n, K)
+        resp = np.exp(log_joint - log_joint.max(axis=1, keepdims=True))
+        resp /= resp.sum(axis=1, keepdims=True)
+    return weights, probs
+
+
+def categorical_mixture_bits(weights, probs, levels, n_levels: int = DIGITS_LEVELS):
+    """Exact bits per dimension, ``-log2 p(v) / D``, of each image of ``levels`` (shape ``(n,)``)
+    under the mixture ``(weights (K,), probs (K, D, L))`` of :func:`fit_categorical_mixture`;
+    ``weights = [1]`` and ``probs = pixel_histogram(...)[None]`` give the histogram's."""
+    v = _flat_levels(levels, n_levels)
+    log_probs = np.log(np.asarray(probs, np.float64))  # (K, D, L)
+    per_pixel = log_probs[:, np.arange(v.shape[1]), v]  # (K, n, D): log probs[k, i, v_i]
+    log_joint = np.log(np.asarray(weights, np.float64)) + per_pixel.sum(axis=-1).T  # (n, K)
+    top = log_joint.max(axis=1, keepdims=True)
+    log_p = top[:, 0] + np.log(np.exp(log_joint - top).sum(axis=1))
+    return -log_p / (v.shape[1] * np.log(2.0))
 
 
 # --------------------------------------------------------------------------- IDX and MNIST

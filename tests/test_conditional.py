@@ -233,3 +233,31 @@ def test_impute_rejects_bad_arguments(mix, sde, kwargs, match):
     x_known, mask = args.pop("x_known"), args.pop("mask")
     with pytest.raises((ValueError, TypeError), match=match):
         C.impute(sde, toy.exact_score(mix, sde), jax.random.key(0), x_known, mask, **args)
+
+
+# --------------------------------------------------------------------------- classifier-free training
+
+
+def test_label_dropout_loss_drops_labels_and_is_dsm(mix, sde):
+    """A model that ignores y gets plain denoising score matching; a model that uses y is
+    scored with each label replaced by the null label at rate p_uncond."""
+    from companion import losses
+
+    x0, y = mix.sample(jax.random.key(0), 4000, return_labels=True)
+    exact = toy.exact_score(mix, sde)
+    key = jax.random.key(1)
+    k_drop, k_dsm = jax.random.split(key)
+    dsm = losses.denoising_score_matching(sde)
+    loss = C.label_dropout_loss(sde, null_label=4, p_uncond=0.25)
+    np.testing.assert_allclose(float(loss(lambda x, t, lab: exact(x, t), (x0, y), key)),
+                               float(dsm(exact, x0, k_dsm)), rtol=1e-5)
+    uses_y = lambda x, t, lab: exact(x, t) * (1.0 + 0.1 * lab[:, None])
+    dropped = jnp.where(jax.random.bernoulli(k_drop, 0.25, y.shape), 4, y)
+    assert abs(float(jnp.mean(dropped == 4)) - 0.25) < 4 * np.sqrt(0.25 * 0.75 / 4000)
+    np.testing.assert_allclose(float(loss(uses_y, (x0, y), key)),
+                               float(dsm(lambda x, t: uses_y(x, t, dropped), x0, k_dsm)), rtol=1e-5)
+    # and not the loss with the labels kept: the dropout changes the value
+    kept = float(dsm(lambda x, t: uses_y(x, t, y), x0, k_dsm))
+    assert abs(float(loss(uses_y, (x0, y), key)) - kept) > 1e-3 * abs(kept)
+    with pytest.raises(ValueError, match="p_uncond"):
+        C.label_dropout_loss(sde, 4, p_uncond=1.0)

@@ -123,3 +123,21 @@ def test_bad_call_names_the_argument(mlp):
         mlp(jnp.ones((3, 2)), jnp.ones(4))
     with pytest.raises(TypeError, match="x"):
         mlp(jnp.ones((3, 2), dtype=jnp.int32), 0.5)
+
+
+def test_class_conditional_mlp():
+    """ClassConditionalMLP: a score model per label, the null label included; the label
+    changes the output; same parametrisation as ScoreMLP."""
+    sde = sdes.VP()
+    model = nets.ClassConditionalMLP(2, 3, hidden=16, depth=2, sde=sde, rngs=nnx.Rngs(0))
+    assert model.null_label == 3
+    x = jax.random.normal(jax.random.key(0), (4, 2))
+    outs = [model(x, 0.3, y) for y in range(4)]
+    assert all(o.shape == (4, 2) and bool(jnp.all(jnp.isfinite(o))) for o in outs)
+    assert float(jnp.max(jnp.abs(outs[0] - outs[3]))) > 1e-4
+    # per-sample labels: sample i sees its own label
+    mixed = model(x, 0.3, jnp.array([0, 3, 0, 3]))
+    np.testing.assert_allclose(mixed[1], outs[3][1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mixed[2], outs[0][2], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="n_classes"):
+        nets.ClassConditionalMLP(2, 0, rngs=nnx.Rngs(0))

@@ -72,7 +72,8 @@ def test_samples_do_not_interact(unet):
 
 
 def test_noise_prediction_parametrisation():
-    """With an SDE the output is divided by the kernel std s(t), as in ScoreMLP."""
+    """With an SDE the input is scaled, the output divided by the kernel std s(t) and the
+    time enters as nets.time_input (the normalised log noise level), as in ScoreMLP."""
     sde = VP()
     plain = _random_unet(features=(8,), embed_dim=8, groups=4)
     graphdef, state = nnx.split(plain)
@@ -81,7 +82,9 @@ def test_noise_prediction_parametrisation():
     x = jax.random.normal(jax.random.key(4), (3, 8, 8, 1))
     t = 0.5
     scaled = x / jnp.sqrt(sde.mean_coefficient(t) ** 2 + sde.kernel_std(t) ** 2)
-    np.testing.assert_allclose(run(with_sde, x, t), run(plain, scaled, t) / sde.kernel_std(t), rtol=1e-4, atol=1e-5)
+    u = nets.time_input(jnp.asarray(t), sde)
+    assert abs(float(u) - t) > 0.05  # the two time inputs differ here, so the test can fail
+    np.testing.assert_allclose(run(with_sde, x, t), run(plain, scaled, u) / sde.kernel_std(t), rtol=1e-4, atol=1e-5)
 
 
 def test_gradients_reach_every_parameter(unet):
@@ -109,3 +112,19 @@ def test_bad_input(unet):
         unet(jnp.ones((2, 8, 8, 1)), jnp.ones(3))
     with pytest.raises(TypeError, match="x"):
         unet(jnp.ones((2, 8, 8, 1), jnp.int32), 0.5)
+
+
+
+def test_raw_time_feeds_t_itself():
+    """raw_time=True (the first shipped U-Net, Fourier scale 8) feeds t to the embedding
+    even with an SDE: the same weights then give another function of t."""
+    sde = VP()
+    kw = dict(features=(8,), embed_dim=8, groups=4, sde=sde)
+    a = _random_unet(**kw)
+    b = nnx.merge(nnx.split(nnx.eval_shape(
+        lambda: nets.UNet((8, 8, 1), **kw, raw_time=True, rngs=nnx.Rngs(0))))[0], nnx.state(a))
+    x = jax.random.normal(jax.random.key(6), (2, 8, 8, 1))
+    assert float(jnp.max(jnp.abs(run(a, x, 0.3) - run(b, x, 0.3)))) > 1e-3
+    # the default Fourier scale is 2, ScoreMLP's (frequencies ~ N(0, 2^2))
+    fresh = nets.UNet((8, 8, 1), features=(4,), embed_dim=64, groups=2, rngs=nnx.Rngs(0))
+    assert 1.0 < float(jnp.std(fresh.embed.frequencies[...])) < 3.0
