@@ -32,3 +32,21 @@ def test_chapter_4_likelihood_checkpoint_is_what_its_training_call_makes():
         np.testing.assert_allclose(shipped(xs, t), fresh(xs, t), rtol=1e-2, atol=1e-2)
     # the chapter's claim: about a quarter of the score's size at t = 1e-3 (measured 0.27)
     assert _relative_error(shipped, mix, vp, 1e-3) < 0.5
+
+
+def test_chapter_5_checkpoints_are_what_their_training_calls_make():
+    jax.config.update("jax_default_matmul_precision", "highest")
+    vp, mix = sde.VP(), toy.four_gaussians_2d()
+    loss = losses.denoising_score_matching(vp, weighting="likelihood", importance_sampling=True)
+    makes = {
+        "a": (lambda: nets.ScoreMLP(2, hidden=64, depth=3, sde=vp, rngs=nnx.Rngs(0)), 3000, 6),
+        "b": (lambda: nets.ScoreMLP(2, hidden=96, depth=2, embedding="sinusoidal", sde=vp, rngs=nnx.Rngs(1)),
+              2000, 8),
+    }
+    xs = mix.sample(jax.random.key(3), 200)
+    for name, (make, steps, seed) in makes.items():
+        shipped = training.load_checkpoint(make(), CHECKPOINT_DIR / f"probability_flow_{name}.msgpack")
+        fresh, _ = training.fit(make(), loss, mix.sample, steps=steps, batch_size=512, learning_rate=2e-3,
+                                key=jax.random.key(seed), ema_decay=0.999, progress=False)
+        for t in (1e-3, 0.1, 1.0):
+            np.testing.assert_allclose(shipped(xs, t), fresh(xs, t), rtol=1e-2, atol=1e-2)
