@@ -33,7 +33,9 @@ import course  # noqa: E402
 
 MAX_COLUMNS = 79
 # `module.name` or `companion.module.name` (optionally `.attr`), not already inside a role
-INLINE = re.compile(r"(?<![}`\w])`(?P<name>(?:companion\.)?(?P<path>[a-z_]+(?:\.[A-Za-z_][\w]*)+))`(?!`)")
+INLINE = re.compile(
+    r"(?<![}`\w])`(?P<name>(?:companion\.)?(?P<path>[a-z_]+(?:\.[A-Za-z_][\w]*)+)(?:\([^`]*\))?)`(?!`)"
+)
 
 
 def resolve(path: str) -> str | None:
@@ -97,7 +99,8 @@ def link_api(text: str) -> str:
 
 
 def _wrap(indent: str, text: str) -> list[str]:
-    return [f"{indent}# {part}" for part in textwrap.wrap(text, MAX_COLUMNS - len(indent) - 2)]
+    width = MAX_COLUMNS - len(indent) - 2
+    return [f"{indent}# {part}" for part in textwrap.wrap(text, width, break_on_hyphens=False, break_long_words=False)]
 
 
 def fix_comments(code: str) -> str:
@@ -139,6 +142,70 @@ def fix_comments(code: str) -> str:
     return "\n".join(out) + ("\n" if code.endswith("\n") else "")
 
 
+def _split_string(body: str, width: int) -> tuple[str, str] | None:
+    """Split the text of a string literal at a space before ``width`` that is not inside
+    an f-string's braces; None when there is no such space."""
+    depth, best = 0, None
+    for i, ch in enumerate(body[:width]):
+        depth += ch == "{"
+        depth -= ch == "}"
+        if ch == " " and depth == 0 and i > 10:
+            best = i
+    return (body[: best + 1], body[best + 1 :]) if best else None
+
+
+STRING_LINE = re.compile(r'^(?P<indent>\s*)(?P<key>\w+=)?(?P<prefix>[rfb]{0,2})"(?P<body>(?:[^"\\]|\\.)*)"(?P<tail>,?)$')
+DOCSTRING_LINE = re.compile(r'^(?P<indent>\s*)"""(?P<body>.*?)(?P<close>""")?$')
+
+
+def fix_long_strings(code: str) -> str:
+    """What the formatter cannot shorten: a one-line string argument becomes two
+    adjacent literals, and a docstring line is wrapped, both within 79 columns."""
+    out: list[str] = []
+    in_doc = False
+    for line in code.splitlines():
+        if len(line) <= MAX_COLUMNS:
+            out.append(line)
+            if line.count('"""') % 2:
+                in_doc = not in_doc
+            continue
+        m = STRING_LINE.match(line)
+        d = DOCSTRING_LINE.match(line)
+        if m and not in_doc:
+            indent, key, prefix = m["indent"], m["key"] or "", m["prefix"]
+            inner = indent + ("    " if key else "")
+            parts = _split_string(m["body"], MAX_COLUMNS - len(inner) - len(prefix) - 3)
+            if parts is None:
+                out.append(line)
+                continue
+            lines = [f'{inner}{prefix}"{parts[0]}"', f'{inner}{prefix}"{parts[1]}"']
+            if key:
+                out += [f"{indent}{key}("] + lines + [f"{indent}){m['tail']}"]
+            else:
+                lines[-1] += m["tail"]
+                out += lines
+        elif d and not in_doc:
+            indent, text = d["indent"], d["body"]
+            wrapped = textwrap.wrap(text, MAX_COLUMNS - len(indent) - 3, break_on_hyphens=False, break_long_words=False)
+            out.append(f'{indent}"""{wrapped[0]}')
+            out += [f"{indent}{w}" for w in wrapped[1:]]
+            if d["close"]:
+                out.append(f'{indent}"""')
+            else:
+                in_doc = True
+        elif in_doc and '"""' not in line:
+            indent = line[: len(line) - len(line.lstrip())]
+            out += [
+                f"{indent}{w}"
+                for w in textwrap.wrap(line.strip(), MAX_COLUMNS - len(indent), break_on_hyphens=False, break_long_words=False)
+            ]
+        else:
+            out.append(line)
+            if line.count('"""') % 2:
+                in_doc = not in_doc
+    return "\n".join(out) + ("\n" if code.endswith("\n") else "")
+
+
 def _fix_cells(text: str) -> str:
     def fix(m):
         head, body, close = m.group(1), m.group(2), m.group(3)
@@ -150,7 +217,7 @@ def _fix_cells(text: str) -> str:
             while body.startswith(":"):
                 line, _, body = body.partition("\n")
                 options += line + "\n"
-        return head + options + fix_comments(body) + close
+        return head + options + fix_long_strings(fix_comments(body)) + close
 
     return CODE_CELL.sub(fix, text)
 
