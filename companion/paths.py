@@ -39,7 +39,7 @@ import numpy as np
 
 from companion.sde import LinearSDE, _check_x, batch_broadcast
 
-__all__ = ["GaussianPath", "Rectified", "SDEPath", "from_sde", "check_times"]
+__all__ = ["GaussianPath", "Rectified", "SDEPath", "from_sde", "check_times", "integrate", "straightness"]
 
 
 def check_times(t, name: str = "t"):

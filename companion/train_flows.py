@@ -100,7 +100,7 @@ def _template(make):
 
 
 def load(directory=CHECKPOINT_DIR) -> dict:
-    """The shipped (or ``directory``'s) models, ``{name: model}`` for ``name`` in :data:`NAMES`."""
+    """The shipped (or ``directory``'s) models, ``{name: model}`` for ``name`` in ``NAMES``."""
     directory = Path(directory)
     make = {"dsm_vp": score_net, "fm_vp": velocity_net, "fm_rectified": velocity_net, "reflow": velocity_net}
     return {name: training.load_checkpoint(_template(make[name]), directory / f"flow_{name}.msgpack")
