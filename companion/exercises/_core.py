@@ -330,6 +330,14 @@ def as_array(got: Any, what: str) -> np.ndarray:
     return arr
 
 
+def as_pair(got: Any, what: str, first: str, second: str) -> tuple[np.ndarray, np.ndarray]:
+    """The reader's answer as two float64 arrays (``first``, ``second`` name them in the
+    messages), or a :class:`Mismatch` saying why not."""
+    if not isinstance(got, (tuple, list)) or len(got) != 2:
+        raise Mismatch(f"{what}: expected a pair ({first}, {second}), got {type(got).__name__}")
+    return as_array(got[0], f"{what}, {first}"), as_array(got[1], f"{what}, {second}")
+
+
 def expect_close(got: Any, want: Any, *, what: str, rtol: float, atol: float) -> None:
     """Compare the reader's ``got`` with the reference ``want`` (shape, finiteness, values).
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from companion import sde as sdes
-from companion.exercises._core import Mismatch, as_array, exercise, expect_close
+from companion.exercises._core import Mismatch, as_array, as_pair, exercise, expect_close
 
 # ----------------------------------------------------------------------------- references
 
@@ -211,10 +211,8 @@ def _test_log_density_ode_impl(fn):
         want_dx, want_dl = _log_density_ode(velocity, x, t)
         what = f"case '{label}'"
         got = fn(velocity, x, t)
-        if not isinstance(got, (tuple, list)) or len(got) != 2:
-            raise Mismatch(f"{what}: expected a pair (dx/dt, d log p/dt), got {type(got).__name__}")
-        expect_close(got[0], want_dx, what=what + ", dx/dt", rtol=_AUG_RTOL, atol=_AUG_ATOL)
-        dl = as_array(got[1], what + ", d log p/dt")
+        dx, dl = as_pair(got, what, "dx/dt", "d log p/dt")
+        expect_close(dx, want_dx, what=what + ", dx/dt", rtol=_AUG_RTOL, atol=_AUG_ATOL)
         want_dl = np.asarray(want_dl, np.float64)
         if dl.shape == want_dl.shape and np.all(np.isfinite(dl)):
             if np.allclose(dl, -want_dl, rtol=_AUG_RTOL, atol=_AUG_ATOL) and np.any(

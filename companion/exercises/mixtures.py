@@ -20,7 +20,7 @@ import numpy as np
 
 from companion import sde as sde_lib
 from companion import toy
-from companion.exercises._core import Mismatch, as_array, exercise, expect_close
+from companion.exercises._core import Mismatch, as_array, as_pair, exercise, expect_close
 
 
 def _close(a, b, rtol, atol) -> bool:
@@ -216,10 +216,7 @@ def _test_gaussian_conditional(fn):
         what = f"case '{label}'"
         got = fn(jnp.asarray(mean, jnp.float32), jnp.asarray(cov, jnp.float32), jnp.asarray(x_o, jnp.float32),
                  list(observed))
-        if not isinstance(got, (tuple, list)) or len(got) != 2:
-            raise Mismatch(f"{what}: expected a pair (mean, cov), got {type(got).__name__}")
-        m_got = as_array(got[0], f"{what}, the mean")
-        c_got = as_array(got[1], f"{what}, the covariance")
+        m_got, c_got = as_pair(got, what, "the mean", "the covariance")
         for arr, want, name in ((m_got, want_mean, "mean"), (c_got, want_cov, "covariance")):
             if arr.shape == want.shape and np.all(np.isfinite(arr)) and not _close(arr, want, _COND_RTOL, _COND_ATOL):
                 msg = _diagnose_conditional(m_got if name == "mean" else None, c_got if name == "covariance" else None,

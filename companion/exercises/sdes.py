@@ -18,7 +18,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from companion.exercises._core import Mismatch, as_array, exercise, expect_close
+from companion.exercises._core import Mismatch, as_array, as_pair, exercise, expect_close
 
 # ----------------------------------------------------------------------------- references
 
@@ -247,9 +247,7 @@ def _test_vp_kernel(fn):
         want_mean, want_std = _vp_kernel(x0, t, lo, hi)
         what = f"case '{label}'"
         got = fn(x0, t, lo, hi)
-        if not isinstance(got, (tuple, list)) or len(got) != 2:
-            raise Mismatch(f"{what}: expected a pair (mean, std), got {type(got).__name__}")
-        mean, std = as_array(got[0], what + ", mean"), as_array(got[1], what + ", std")
+        mean, std = as_pair(got, what, "mean", "std")
         t64 = np.asarray(t, np.float64)
         big_b = lo * t64 + 0.5 * t64**2 * (hi - lo)
         if std.shape == want_std.shape and not _close(std, want_std, _VP_RTOL, _VP_ATOL):
@@ -323,9 +321,7 @@ def _test_linear_kernel_impl(fn):
         want_m, want_s = _linear_kernel(a, b, t)
         what = f"case '{label}'"
         got = fn(a, b, t)
-        if not isinstance(got, (tuple, list)) or len(got) != 2:
-            raise Mismatch(f"{what}: expected a pair (mean factor, std), got {type(got).__name__}")
-        m, sd = as_array(got[0], what + ", mean factor"), as_array(got[1], what + ", std")
+        m, sd = as_pair(got, what, "mean factor", "std")
         close = lambda u, v: bool(  # noqa: E731
             u.shape == () and np.isclose(u, v, rtol=_KERNEL_RTOL, atol=_KERNEL_ATOL))
         if m.shape == () and not close(m, want_m):
