@@ -188,13 +188,14 @@ def density_contours(ax, log_prob: Callable, lim=(-4.0, 4.0), *, n: int = 120, l
 
 def animation(frames, *, kind: str = "points", titles=None, lim=(-4.0, 4.0), background=None,
               figsize=(3.2, 3.2), dpi: int = 60, interval: int = 120, cmap: str = "gray_r",
-              s: float = 2.0, color="C0"):
+              s: float = 2.0, color="C0", clim=None):
     """A short animation as self-contained HTML (frames embedded, no player to fetch).
 
     ``frames``: for ``kind="points"`` an array ``(k, n, 2)``, one 2-D point cloud per
     frame (e.g. samples at k times of a forward or reverse SDE); for ``kind="images"``
     an array ``(k, h, w)`` or ``(k, m, h, w)``, one image (or a row of ``m``) per frame.
-    ``titles``: k strings, one per frame. ``background(ax)``: draws once under every
+    ``titles``: k strings, one per frame; ``clim``: the (low, high) grey levels of
+    images (default: the frames' range). ``background(ax)``: draws once under every
     frame (e.g. :func:`density_contours`). Returns an ``IPython.display.HTML`` that a
     notebook shows with play, pause and step buttons (Matplotlib's JavaScript player,
     which works in the rendered book, in Jupyter and in Colab, offline). Keep ``k``,
@@ -232,7 +233,7 @@ def animation(frames, *, kind: str = "points", titles=None, lim=(-4.0, 4.0), bac
         m = frames.shape[1]
         fig, axes = plt.subplots(1, m, figsize=(figsize[0] * m / 3 if m > 1 else figsize[0], figsize[1]), dpi=dpi,
                                  squeeze=False)
-        vmin, vmax = float(np.min(frames)), float(np.max(frames))
+        vmin, vmax = _as_limits(clim, "clim") if clim is not None else (float(np.min(frames)), float(np.max(frames)))
         images = [a.imshow(frames[0, j], cmap=cmap, vmin=vmin, vmax=vmax) for j, a in enumerate(axes[0])]
         for a in axes[0]:
             a.axis("off")
