@@ -314,6 +314,9 @@ a.colab-link:hover { background: #ffc233; color: #000; text-decoration: none; }
 /* Code and outputs: 79 columns (the chapters' limit) fit the content column at 1280 px,
    with room to spare, so that no block scrolls sideways (the browser check asserts it). */
 div.highlight pre, div.cell_output pre { font-size: 12px; }
+/* A printed line longer than the column wraps instead of scrolling (code does not
+   need it: the chapters' code is formatted to 79 columns). */
+div.cell_output pre { white-space: pre-wrap; overflow-wrap: anywhere; }
 /* Dark mode: Matplotlib draws black text on a transparent background; give figures and
    animations a light card so that they stay readable. */
 html[data-theme="dark"] div.cell_output img,

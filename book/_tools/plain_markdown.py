@@ -8,7 +8,7 @@ the rendered book does:
 - ``{cite}`a,b` `` becomes "(Song et al., 2021; Anderson, 1982)", linked to the
   book's bibliography page (``{cite:t}`` gives "Song et al. (2021)");
 - ``{eq}`label` `` becomes "Eq. (N)" linked to the equation's anchor in the book, with
-  the same N that the book prints (equations are numbered per page, in order);
+  the same N that the book prints (numbered through the whole book, in order);
   a labelled display equation ``$$ ... $$ (label)`` carries ``\\tag{N}``;
 - ``{doc}``, ``{ref}``, ``{numref}`` become links to the book; ``{math}`` becomes
   ``$...$``; ``{py:func}`` and the other ``py:`` roles become code linked to the API page;
@@ -65,9 +65,9 @@ class Context:
 
 
 def equation_numbers(text: str) -> list[str]:
-    """The labels of a page's numbered equations, in the order the book numbers them
-    (label i gets number i + 1): ``$$ ... $$ (label)`` blocks and ``{math}`` directives
-    with a ``:label:`` option."""
+    """The labels of a page's numbered equations, in the order the book numbers them:
+    ``$$ ... $$ (label)`` blocks and ``{math}`` directives with a ``:label:`` option.
+    The book numbers them through the whole book (:func:`book_equation_numbers`)."""
     labels = []
     in_math_directive = False
     for line in text.splitlines():
@@ -286,6 +286,20 @@ def leftover_myst(text: str) -> list[str]:
     return found
 
 
+def book_equation_numbers(root: Path, pages: list[str]) -> dict[str, dict[str, int]]:
+    """``{docname: {label: N}}``: the book numbers labelled equations consecutively
+    through its pages in toc order (the first equation of chapter 2 follows the last of
+    chapter 1), as the built HTML shows them."""
+    out, n = {}, 0
+    for page in pages:
+        path = root / page
+        path = path if path.suffix else path.with_suffix(".md")
+        labels = equation_numbers(path.read_text(encoding="utf-8")) if path.is_file() else []
+        out[page] = {label: n + i for i, label in enumerate(labels, start=1)}
+        n += len(labels)
+    return out
+
+
 def book_context(root: Path, docname: str, book_url: str, pages: list[str]) -> Context:
     """The context for converting page ``docname``: equation numbers, citations and
     titles gathered from every page of the toc (``pages``, docnames)."""
@@ -293,14 +307,14 @@ def book_context(root: Path, docname: str, book_url: str, pages: list[str]) -> C
     bib = root / "references.bib"
     if bib.is_file():
         ctx.citations = bib_citations(bib.read_text(encoding="utf-8"))
+    numbers = book_equation_numbers(root, pages)
     # the page's own labels last, so that they win over a label repeated elsewhere
     for page in sorted(pages, key=lambda p: p == docname):
         path = root / page
         path = path if path.suffix else path.with_suffix(".md")
         if not path.is_file():
             continue
-        text = path.read_text(encoding="utf-8")
-        ctx.titles[page] = page_title(text)
-        for n, label in enumerate(equation_numbers(text), start=1):
+        ctx.titles[page] = page_title(path.read_text(encoding="utf-8"))
+        for label, n in numbers[page].items():
             ctx.equations[label] = (page, n)
     return ctx
