@@ -641,9 +641,10 @@ def dpm_solver(sde, score_fn, key, shape, n_steps=30, eps=DEFAULT_EPS, order=3, 
     integrals of e^{-(h - tau)} tau^j done exactly (Eq. eq-dpm-solver, chapter 5). The
     first steps, before enough history exists, use the highest order available. One score
     evaluation per step: ``nfe = n_steps``. With the exact score of
-    ``toy.four_gaussians_2d`` (VP) 30 steps reach the two-sample floor of
-    ``metrics.sliced_wasserstein`` at n = 10 000, where adaptive Tsit5 at tolerance 1e-5
-    needs about 115 evaluations (chapter 5, ``tests/bench_samplers.py``).
+    ``toy.four_gaussians_2d`` (VP, n = 10 000; chapter 5) order 3 is as close to the
+    exact flow as adaptive Tsit5 with 1.3 to 1.6 times fewer evaluations (19 against 31
+    for an RMS error of 3.7e-2, 42 against 55 for 6.3e-3), and 20 steps pass
+    ``metrics.matches_mixture``, where Tsit5 needs 31.
 
     Returns ``(x, nfe)``.
     """
