@@ -330,6 +330,13 @@ def as_array(got: Any, what: str) -> np.ndarray:
     return arr
 
 
+def is_close(a: Any, b: Any, rtol: float, atol: float) -> bool:
+    """Same shape, finite, and within ``rtol``/``atol``: a quiet test for diagnoses
+    (:func:`expect_close` is the one that raises)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return a.shape == b.shape and bool(np.all(np.isfinite(a))) and bool(np.allclose(a, b, rtol=rtol, atol=atol))
+
+
 def as_pair(got: Any, what: str, first: str, second: str) -> tuple[np.ndarray, np.ndarray]:
     """The reader's answer as two float64 arrays (``first``, ``second`` name them in the
     messages), or a :class:`Mismatch` saying why not."""

@@ -18,12 +18,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from companion.exercises._core import Mismatch, as_array, exercise, expect_close
-
-
-def _close(a, b, rtol, atol) -> bool:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return a.shape == b.shape and bool(np.all(np.isfinite(a))) and bool(np.allclose(a, b, rtol=rtol, atol=atol))
+from companion.exercises._core import Mismatch, as_array, exercise, expect_close, is_close
 
 
 # -------------------------------------------------------------------------------- dequantize
@@ -53,7 +48,7 @@ def _diagnose_dequantize(arr, levels, u, n_levels):
     u = np.asarray(u, np.float64)
 
     def near(w):
-        return _close(arr, w, _DEQ_RTOL, _DEQ_ATOL)
+        return is_close(arr, w, _DEQ_RTOL, _DEQ_ATOL)
 
     if near(-1 + 2 * v / n_levels):
         return "the uniform noise u is not added: every value sits on the edge of its bin"
@@ -85,7 +80,7 @@ def _test_dequantize(fn):
         want = np.asarray(_dequantize(levels, u, n_levels), np.float64)
         what = f"case '{label}'"
         arr = as_array(fn(jnp.asarray(levels), jnp.asarray(u), n_levels), what)
-        if arr.shape == want.shape and np.all(np.isfinite(arr)) and not _close(arr, want, _DEQ_RTOL, _DEQ_ATOL):
+        if arr.shape == want.shape and np.all(np.isfinite(arr)) and not is_close(arr, want, _DEQ_RTOL, _DEQ_ATOL):
             msg = _diagnose_dequantize(arr, levels, u, n_levels)
             if msg:
                 raise Mismatch(f"{what}: {msg}")
@@ -128,7 +123,7 @@ def _diagnose_gaussian(arr, x, mean, cov):
     c = 0.5 * d * math.log(2 * math.pi)
 
     def near(v):
-        return _close(arr, v, 1e-3, 1e-3)
+        return is_close(arr, v, 1e-3, 1e-3)
 
     if near(-0.5 * quad - logdet - c):
         return "the log-determinant enters with a factor 1/2: log det(S)^(1/2)"
@@ -173,7 +168,7 @@ def _test_gaussian_log_prob(fn):
         arr = as_array(fn(jnp.asarray(x, jnp.float32), jnp.asarray(mean, jnp.float32), jnp.asarray(cov, jnp.float32)),
                        what)
         # float32 solves with condition numbers < 1e3 on values of size ~10: rtol 1e-3, atol 1e-3
-        if arr.shape == want.shape and np.all(np.isfinite(arr)) and not _close(arr, want, 1e-3, 1e-3):
+        if arr.shape == want.shape and np.all(np.isfinite(arr)) and not is_close(arr, want, 1e-3, 1e-3):
             msg = _diagnose_gaussian(arr, x, mean, cov)
             if msg:
                 raise Mismatch(f"{what}: {msg}")
@@ -228,7 +223,7 @@ def _test_histogram_bits_impl(fn):
         if arr.shape == want.shape and not np.all(np.isfinite(arr)):
             raise Mismatch(f"{what}: infinite or NaN bits: a level never seen at some pixel in "
                            "training must keep a positive probability")
-        if arr.shape == want.shape and not _close(arr, want, _HIST_RTOL, _HIST_ATOL):
+        if arr.shape == want.shape and not is_close(arr, want, _HIST_RTOL, _HIST_ATOL):
             ratio = float(np.median(arr / want))
             if abs(ratio - 1 / math.log2(math.e)) < 1e-3:
                 raise Mismatch(f"{what}: off by a factor close to {ratio:.3f} (a unit?)")

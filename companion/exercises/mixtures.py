@@ -20,12 +20,7 @@ import numpy as np
 
 from companion import sde as sde_lib
 from companion import toy
-from companion.exercises._core import Mismatch, as_array, as_pair, exercise, expect_close
-
-
-def _close(a, b, rtol, atol) -> bool:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return a.shape == b.shape and bool(np.all(np.isfinite(a))) and bool(np.allclose(a, b, rtol=rtol, atol=atol))
+from companion.exercises._core import Mismatch, as_array, as_pair, exercise, expect_close, is_close
 
 
 _SDES = [
@@ -89,7 +84,7 @@ def _diagnose_class(arr, sde, x, t, means, variances, weights):
     lj = _log_joint(m, s, x, means, variances, weights)
 
     def near(v):
-        return _close(arr, v, _CLASS_RTOL, _CLASS_ATOL)
+        return is_close(arr, v, _CLASS_RTOL, _CLASS_ATOL)
 
     if near(_softmax(_log_joint(1.0, 0.0, x, means, variances, weights))):
         return "these are the probabilities of the clean data p_0(y | x); at time t each component is blurred by the kernel"
@@ -132,7 +127,7 @@ def _test_class_probabilities(fn):
         what = f"case '{label}'"
         arr = as_array(fn(s, x, t, jnp.asarray(means, jnp.float32), jnp.asarray(variances, jnp.float32),
                           jnp.asarray(weights, jnp.float32)), what)
-        if arr.shape == want.shape and np.all(np.isfinite(arr)) and not _close(arr, want, _CLASS_RTOL, _CLASS_ATOL):
+        if arr.shape == want.shape and np.all(np.isfinite(arr)) and not is_close(arr, want, _CLASS_RTOL, _CLASS_ATOL):
             msg = _diagnose_class(arr, s, x, t, means, variances, weights)
             if msg:
                 raise Mismatch(f"{what}: {msg}")
@@ -176,7 +171,7 @@ def _diagnose_conditional(mean_got, cov_got, mean, cov, x_o, observed):
     gain = np.linalg.solve(s_oo, s_uo.T).T
 
     def near(a, b):
-        return _close(a, b, _COND_RTOL, _COND_ATOL)
+        return is_close(a, b, _COND_RTOL, _COND_ATOL)
 
     if mean_got is not None:
         if near(mean_got, mean[u] + gain @ x_o):
@@ -218,7 +213,7 @@ def _test_gaussian_conditional(fn):
                  list(observed))
         m_got, c_got = as_pair(got, what, "the mean", "the covariance")
         for arr, want, name in ((m_got, want_mean, "mean"), (c_got, want_cov, "covariance")):
-            if arr.shape == want.shape and np.all(np.isfinite(arr)) and not _close(arr, want, _COND_RTOL, _COND_ATOL):
+            if arr.shape == want.shape and np.all(np.isfinite(arr)) and not is_close(arr, want, _COND_RTOL, _COND_ATOL):
                 msg = _diagnose_conditional(m_got if name == "mean" else None, c_got if name == "covariance" else None,
                                             mean, cov, x_o, observed)
                 if msg:
@@ -264,7 +259,7 @@ def _diagnose_replace(arr, sde, x, x_known, mask, t, z):
     mask = np.broadcast_to(np.asarray(mask), x.shape)
 
     def near(v):
-        return _close(arr, v, _REPL_RTOL, _REPL_ATOL)
+        return is_close(arr, v, _REPL_RTOL, _REPL_ATOL)
 
     if near(np.where(mask, x, m * x_known + s * z)):
         return "the unknown coordinates were replaced and the known ones kept: mask is True where a coordinate is known"
@@ -299,7 +294,7 @@ def _test_replace_known(fn):
         want = np.asarray(_replace_known(s, x, x_known, mask, t, z), np.float64)
         what = f"case '{label}'"
         arr = as_array(fn(s, x, x_known, mask, t, z), what)
-        if arr.shape == want.shape and np.all(np.isfinite(arr)) and not _close(arr, want, _REPL_RTOL, _REPL_ATOL):
+        if arr.shape == want.shape and np.all(np.isfinite(arr)) and not is_close(arr, want, _REPL_RTOL, _REPL_ATOL):
             msg = _diagnose_replace(arr, s, x, x_known, mask, t, z)
             if msg:
                 raise Mismatch(f"{what}: {msg}")
@@ -381,12 +376,12 @@ def _test_guided_score_impl(fn):
             raise Mismatch(f"{what}: expected a function score(x, t), got {type(guided).__name__}")
         want = np.asarray(_guided_score(score_fn, logits_fn, y, scale)(x, t), np.float64)
         arr = as_array(guided(x, t), what)
-        if arr.shape == want.shape and np.all(np.isfinite(arr)) and not _close(
+        if arr.shape == want.shape and np.all(np.isfinite(arr)) and not is_close(
                 arr, want, _GUIDE_RTOL, _GUIDE_ATOL):
             yy = jnp.broadcast_to(jnp.asarray(y), (x.shape[0],))
             raw = jax.grad(lambda x: jnp.sum(jnp.take_along_axis(
                 logits_fn(x, t), yy[:, None], axis=1)))(x)
-            if _close(arr, np.asarray(score_fn(x, t)) + scale * np.asarray(raw), _GUIDE_RTOL,
+            if is_close(arr, np.asarray(score_fn(x, t)) + scale * np.asarray(raw), _GUIDE_RTOL,
                       _GUIDE_ATOL):
                 raise Mismatch(f"{what}: you follow the gradient of the raw logit of class y; "
                                "logits are not log probabilities (their normaliser depends on x)")

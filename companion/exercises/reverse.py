@@ -22,7 +22,7 @@ import numpy as np
 
 from companion import sde as sde_lib
 from companion import toy
-from companion.exercises._core import Mismatch, as_array, exercise, expect_close
+from companion.exercises._core import Mismatch, as_array, exercise, expect_close, is_close
 
 # ----------------------------------------------------------------------------- references
 
@@ -48,11 +48,6 @@ def _langevin_corrector_step(score_fn, x, t, z, snr, alpha):
     score = score_fn(x, t)
     step = 2 * alpha * (snr * _batch_norm(z) / _batch_norm(score)) ** 2
     return x + step * score + jnp.sqrt(2 * step) * z
-
-
-def _close(a, b, rtol, atol) -> bool:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return a.shape == b.shape and bool(np.all(np.isfinite(a))) and bool(np.allclose(a, b, rtol=rtol, atol=atol))
 
 
 # ---------------------------------------------------------------------------------- cases
@@ -97,7 +92,7 @@ def _diagnose_drift(arr, sde, score_fn, x, t):
     s = np.asarray(score_fn(x, t), np.float64)
 
     def near(v):
-        return _close(arr, v, _DRIFT_RTOL, _DRIFT_ATOL)
+        return is_close(arr, v, _DRIFT_RTOL, _DRIFT_ATOL)
 
     if np.max(np.abs(f)) > _DRIFT_ATOL and near(-f + g**2 * s):
         return "this is the drift in the forward-running time tau = T - t; Eq. (eq-reverse-sde) is written in t"
@@ -138,7 +133,7 @@ def _test_reverse_drift(fn):
         want = np.asarray(_reverse_drift(s, score_fn, x, t), np.float64)
         what = f"case '{label}'"
         arr = as_array(fn(s, score_fn, x, t), what)
-        if arr.shape == want.shape and np.all(np.isfinite(arr)) and not _close(arr, want, _DRIFT_RTOL, _DRIFT_ATOL):
+        if arr.shape == want.shape and np.all(np.isfinite(arr)) and not is_close(arr, want, _DRIFT_RTOL, _DRIFT_ATOL):
             msg = _diagnose_drift(arr, s, score_fn, x, t)
             if msg:
                 raise Mismatch(f"{what}: {msg}")
@@ -163,7 +158,7 @@ def _diagnose_step(arr, s, score_fn, x, t, t_next, z):
     sc_next = np.asarray(score_fn(x, t_next), np.float64)
 
     def near(v):
-        return _close(arr, v, _STEP_RTOL, _STEP_ATOL)
+        return is_close(arr, v, _STEP_RTOL, _STEP_ATOL)
 
     if near(x64 - (r - 1) * x64 + g2_no_r * sc + np.sqrt(g2_no_r) * z64):
         return "the step's noise variance is too large: the noise already present at t_next is shrunk by r^2 over the step too"
@@ -205,7 +200,7 @@ def _test_reverse_diffusion_step(fn):
         want = np.asarray(_reverse_diffusion_step(s, score_fn, x, t, t_next, z), np.float64)
         what = f"case '{label}', t_next = {t_next:.2f}"
         arr = as_array(fn(s, score_fn, x, t, t_next, z), what)
-        if arr.shape == want.shape and np.all(np.isfinite(arr)) and not _close(arr, want, _STEP_RTOL, _STEP_ATOL):
+        if arr.shape == want.shape and np.all(np.isfinite(arr)) and not is_close(arr, want, _STEP_RTOL, _STEP_ATOL):
             msg = _diagnose_step(arr, s, score_fn, x, t, t_next, z)
             if msg:
                 raise Mismatch(f"{what}: {msg}")
@@ -226,7 +221,7 @@ def _diagnose_langevin(arr, score_fn, x, t, z, snr, alpha):
     eps = 2 * alpha * (snr * zn.mean() / sn.mean()) ** 2
 
     def near(v):
-        return _close(arr, v, _LANGEVIN_RTOL, _LANGEVIN_ATOL)
+        return is_close(arr, v, _LANGEVIN_RTOL, _LANGEVIN_ATOL)
 
     per = (2 * alpha * (snr * zn / sn) ** 2)[:, None]
     if near(x64 + per * sc + np.sqrt(2 * per) * z64):
@@ -280,7 +275,7 @@ def _test_langevin_corrector_step(fn):
         want = np.asarray(_langevin_corrector_step(score_fn, x, t, z, snr, alpha), np.float64)
         what = f"case '{label}'"
         arr = as_array(fn(score_fn, x, t, z, snr, alpha), what)
-        if arr.shape == want.shape and np.all(np.isfinite(arr)) and not _close(
+        if arr.shape == want.shape and np.all(np.isfinite(arr)) and not is_close(
             arr, want, _LANGEVIN_RTOL, _LANGEVIN_ATOL
         ):
             msg = _diagnose_langevin(arr, score_fn, x, t, z, snr, alpha)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from companion.exercises._core import Mismatch, as_array, as_pair, exercise, expect_close
+from companion.exercises._core import Mismatch, as_array, as_pair, exercise, expect_close, is_close
 
 # ----------------------------------------------------------------------------- references
 
@@ -43,11 +43,6 @@ def _vp_kernel(x0, t, beta_min, beta_max):
     coef = np.exp(-0.5 * big_b)
     mean = (coef[:, None] if coef.ndim == 1 else coef) * x0
     return mean, np.sqrt(-np.expm1(-big_b))
-
-
-def _close(a, b, rtol, atol) -> bool:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return a.shape == b.shape and bool(np.all(np.isfinite(a))) and bool(np.allclose(a, b, rtol=rtol, atol=atol))
 
 
 # --------------------------------------------------------------------- euler_maruyama_step
@@ -99,7 +94,7 @@ _EM_RTOL, _EM_ATOL = 1e-5, 1e-5
 
 def _diagnose_em(arr, f, g, x, t, h, z):
     def near(v):
-        return _close(arr, v, _EM_RTOL, _EM_ATOL)
+        return is_close(arr, v, _EM_RTOL, _EM_ATOL)
 
     x, z = np.asarray(x, np.float64), np.asarray(z, np.float64)
     fx, gt = np.asarray(f(x, t), np.float64), float(g(t))
@@ -137,9 +132,9 @@ def _test_euler_maruyama_step(fn):
         want = np.asarray(_euler_maruyama_step(f, g, x, t, h, z), dtype=np.float64)
         what = f"case '{label}'"
         arr = as_array(fn(f, g, x, t, h, z), what)
-        if arr.shape == want.shape and np.all(np.isfinite(arr)) and not _close(arr, want, _EM_RTOL, _EM_ATOL):
+        if arr.shape == want.shape and np.all(np.isfinite(arr)) and not is_close(arr, want, _EM_RTOL, _EM_ATOL):
             late_g = np.asarray(x + f(x, t) * h + g(t + h) * np.sqrt(h) * z, np.float64)
-            if float(g(t + h)) != float(g(t)) and _close(arr, late_g, _EM_RTOL, _EM_ATOL):
+            if float(g(t + h)) != float(g(t)) and is_close(arr, late_g, _EM_RTOL, _EM_ATOL):
                 raise Mismatch(f"{what}: g is evaluated at the end of the step; Euler-Maruyama uses the start")
             msg = _diagnose_em(arr, f, g, x, t, h, z)
             if msg:
@@ -187,13 +182,13 @@ def _test_ve_diffusion(fn):
         want = _ve_diffusion(t, lo, hi)
         what = f"case '{label}'"
         arr = as_array(fn(t, lo, hi), what)
-        if arr.shape == want.shape and np.all(np.isfinite(arr)) and not _close(arr, want, _VE_RTOL, _VE_ATOL):
+        if arr.shape == want.shape and np.all(np.isfinite(arr)) and not is_close(arr, want, _VE_RTOL, _VE_ATOL):
             sigma = lo * (hi / lo) ** np.asarray(t, np.float64)
-            if _close(arr, sigma, _VE_RTOL, _VE_ATOL):
+            if is_close(arr, sigma, _VE_RTOL, _VE_ATOL):
                 raise Mismatch(f"{what}: this is sigma(t), the noise level; g(t) is the rate at which its square grows")
-            if _close(arr, want**2, _VE_RTOL, _VE_ATOL):
+            if is_close(arr, want**2, _VE_RTOL, _VE_ATOL):
                 raise Mismatch(f"{what}: this looks like g(t)^2; take the square root")
-            if _close(arr, want / np.sqrt(2), _VE_RTOL, _VE_ATOL):
+            if is_close(arr, want / np.sqrt(2), _VE_RTOL, _VE_ATOL):
                 raise Mismatch(f"{what}: off by a factor sqrt(2): d/dt of r^(2t) brings down 2 log r")
         expect_close(arr, want, what=what, rtol=_VE_RTOL, atol=_VE_ATOL)
 
@@ -250,14 +245,14 @@ def _test_vp_kernel(fn):
         mean, std = as_pair(got, what, "mean", "std")
         t64 = np.asarray(t, np.float64)
         big_b = lo * t64 + 0.5 * t64**2 * (hi - lo)
-        if std.shape == want_std.shape and not _close(std, want_std, _VP_RTOL, _VP_ATOL):
-            if _close(std, want_std**2, _VP_RTOL, _VP_ATOL):
+        if std.shape == want_std.shape and not is_close(std, want_std, _VP_RTOL, _VP_ATOL):
+            if is_close(std, want_std**2, _VP_RTOL, _VP_ATOL):
                 raise Mismatch(f"{what}, std: this looks like the variance; return its square root")
-            if _close(std, 1 - np.exp(-big_b), _VP_RTOL, _VP_ATOL):
+            if is_close(std, 1 - np.exp(-big_b), _VP_RTOL, _VP_ATOL):
                 raise Mismatch(f"{what}, std: this is the sub-VP kernel's std, not the VP one's")
-        if mean.shape == want_mean.shape and not _close(mean, want_mean, _VP_RTOL, _VP_ATOL):
+        if mean.shape == want_mean.shape and not is_close(mean, want_mean, _VP_RTOL, _VP_ATOL):
             coef = np.exp(-big_b)
-            if _close(mean, (coef[:, None] if coef.ndim == 1 else coef) * np.asarray(x0), _VP_RTOL, _VP_ATOL):
+            if is_close(mean, (coef[:, None] if coef.ndim == 1 else coef) * np.asarray(x0), _VP_RTOL, _VP_ATOL):
                 raise Mismatch(f"{what}, mean: the mean decays too fast: your mean factor is the square of the right one")
         expect_close(mean, want_mean, what=what + ", mean", rtol=_VP_RTOL, atol=_VP_ATOL)
         expect_close(std, want_std, what=what + ", std", rtol=_VP_RTOL, atol=_VP_ATOL)
