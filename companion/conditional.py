@@ -322,7 +322,7 @@ def impute(sde, score_fn, key, x_known, mask, *, n_steps=sampling.DEFAULT_N_STEP
     snr = sampling._check_positive("snr", snr)
     if predictor not in sampling._PREDICTORS:
         raise ValueError(f"predictor: expected one of {sorted(sampling._PREDICTORS)}, got {predictor!r}")
-    x = _impute(sde, sampling._traceable(score_fn), key, x_known, mask, n_steps, eps, predictor, n_corrector, snr)
+    x = _impute(sde, sampling.traceable(score_fn), key, x_known, mask, n_steps, eps, predictor, n_corrector, snr)
     return x, n_steps * (1 + n_corrector)
 
 

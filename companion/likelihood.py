@@ -134,7 +134,7 @@ def log_prob(sde: LinearSDE, score_fn: ScoreFn, x, *, key=None, eps: float = 1e-
         v = probes(key, (n, n_probes) + dims, kind=probe, dtype=x.dtype)
     solver = diffrax.Tsit5() if solver is None else solver
     prior = sde.prior_log_prob if prior_log_prob is None else prior_log_prob
-    logp, steps = _solve_log_prob(sde, sampling._traceable(score_fn), _Static(prior), solver, key is None, int(max_steps),
+    logp, steps = _solve_log_prob(sde, sampling.traceable(score_fn), _Static(prior), solver, key is None, int(max_steps),
                                   x, v, eps, rtol, atol)
     if return_stats:
         return logp, {"num_steps": steps, "nfe": solver_nfe(solver, steps)}
@@ -305,7 +305,7 @@ def sde_bound(sde: LinearSDE, score_fn: ScoreFn, x, key, *, n_t: int = 64, eps: 
     else:
         grid = None
     prior = None if prior_log_prob is None else _Static(prior_log_prob)
-    return _sde_bound(sde, sampling._traceable(score_fn), prior, int(n_t), x, key, eps, grid)
+    return _sde_bound(sde, sampling.traceable(score_fn), prior, int(n_t), x, key, eps, grid)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2, 3))  # score_fn: traced state
