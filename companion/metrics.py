@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from statistics import NormalDist
 from typing import Callable, NamedTuple
 
 import jax
@@ -368,7 +369,7 @@ def mixture_report(x, mix, *, level: float = 1e-3) -> MixtureReport:
     }
     tested = {"weight": z["weight"], "mean": z["mean"], "cov": z["cov"][:, iu[0], iu[1]]}
     m = K + K * d + K * len(iu[0])
-    threshold = float(_normal_quantile(1 - level / (2 * m)))
+    threshold = -NormalDist().inv_cdf(level / (2 * m))  # Phi^{-1}(1 - level / 2m)
     worst_name, worst_z, worst_at = "", -1.0, ()
     for name, v in tested.items():
         a = np.abs(v)
@@ -387,15 +388,3 @@ def matches_mixture(x, mix, *, level: float = 1e-3) -> bool:
     per-component weight, mean and covariance entry within its Bonferroni-corrected band,
     and every sample finite. Exact samples pass with probability about 1 - ``level``."""
     return mixture_report(x, mix, level=level).passed
-
-
-def _normal_quantile(p: float) -> float:
-    """Phi^{-1}(p) for the standard normal, by bisection on erfc (float64, |error| < 1e-12)."""
-    lo, hi = -40.0, 40.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if 0.5 * math.erfc(-mid / math.sqrt(2)) < p:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)

@@ -71,6 +71,7 @@ __all__ = [
     "heun",
     "dpm_solver",
     "trajectory",
+    "traceable",
 ]
 
 
@@ -172,8 +173,11 @@ class _Traced:
         return cls(aux, arrays)
 
 
-def _traceable(fn) -> _Traced:
-    """``fn`` as a :class:`_Traced` (arrays traced, rest static and hashable)."""
+def traceable(fn) -> _Traced:
+    """A score function (or any callable pytree) ready to be a ``jax.jit`` argument: its
+    arrays traced, the rest static and hashable, so that one compiled program serves every
+    model of one architecture. The samplers, ``likelihood`` and ``conditional`` pass their
+    score functions through it."""
     leaves, treedef = jax.tree.flatten(fn)
     is_array = tuple(isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves)
     statics = tuple(_static(leaf) for leaf, a in zip(leaves, is_array) if not a)
@@ -326,7 +330,7 @@ def _run(sde, score_fn, key, shape, n_steps, eps, predictor, n_corrector=0, snr=
     if not isinstance(per_sample, bool):
         raise ValueError(f"per_sample_norms: expected True or False, got {per_sample!r}")
     x = _sample_reverse_sde(
-        sde, _traceable(score_fn), key, shape, n_steps, eps, predictor, n_corrector, snr, per_sample
+        sde, traceable(score_fn), key, shape, n_steps, eps, predictor, n_corrector, snr, per_sample
     )
     return x, n_steps * (1 + n_corrector)
 
@@ -449,7 +453,7 @@ def probability_flow(
     eps = _check_eps(eps, sde)
     max_steps = _check_int("max_steps", max_steps, 1)
     per_step, at_start = _nfe_per_step(solver)
-    x, n_steps = _solve_flow(sde, _traceable(score_fn), key, shape, rtol, atol, eps, solver, max_steps)
+    x, n_steps = _solve_flow(sde, traceable(score_fn), key, shape, rtol, atol, eps, solver, max_steps)
     return x, int(n_steps) * per_step + at_start
 
 
@@ -611,7 +615,7 @@ def _run_fixed(sde, score_fn, key, shape, n_steps, eps, rho, method, spacing):
     rho = _check_positive("rho", rho)
     if spacing not in _SPACINGS:
         raise ValueError(f"spacing: expected one of {_SPACINGS}, got {spacing!r}")
-    return _solve_flow_fixed(sde, _traceable(score_fn), key, shape, n_steps, eps, rho, method, spacing)
+    return _solve_flow_fixed(sde, traceable(score_fn), key, shape, n_steps, eps, rho, method, spacing)
 
 
 def heun(sde, score_fn, key, shape, n_steps=15, eps=DEFAULT_EPS, rho=7.0, spacing="karras"):
@@ -675,7 +679,7 @@ def euler_ode(sde, score_fn, key, shape, n_steps=100, eps=DEFAULT_EPS):
     shape = _check_shape(shape)
     n_steps = _check_int("n_steps", n_steps, 1)
     eps = _check_eps(eps, sde)
-    return _euler_flow(sde, _traceable(score_fn), key, shape, n_steps, eps), n_steps
+    return _euler_flow(sde, traceable(score_fn), key, shape, n_steps, eps), n_steps
 
 
 # ------------------------------------------------------------------ whole trajectories
@@ -726,7 +730,7 @@ def trajectory(sde, score_fn, key, shape, *, n_steps=DEFAULT_N_STEPS, n_frames: 
     if n_steps % (n_frames - 1):
         raise ValueError(f"n_steps: expected a multiple of n_frames - 1 = {n_frames - 1}, got {n_steps}")
     eps = _check_eps(eps, sde)
-    frames = _trajectory(sde, _traceable(score_fn), key, shape, n_steps, eps, n_frames, stochastic)
+    frames = _trajectory(sde, traceable(score_fn), key, shape, n_steps, eps, n_frames, stochastic)
     per_frame = n_steps // (n_frames - 1)
-    ts = jnp.stack([grid_time(sde, j * per_frame, n_steps, eps) for j in range(n_frames)])
+    ts = jnp.asarray(grid_time(sde, np.arange(n_frames) * per_frame, n_steps, eps))  # in float64, as the samplers
     return ts, frames

@@ -215,14 +215,14 @@ def _directive(name: str, args: str, body: list[str], ctx: Context) -> list[str]
         return [f"<details><summary>{summary}</summary>", ""] + inner + ["", "</details>"]
     if name in ("figure", "image"):
         src = args.strip()
-        src = src if re.match(r"^[a-z]+://", src) else ctx.page_url(_resolve_doc(src, ctx)).removesuffix(".html")
+        src = src if re.match(r"^[a-z]+://", src) else ctx.book_url + _resolve_doc(src, ctx)
         caption = " ".join(line.strip() for line in inner).strip()
         alt = options.get("alt", caption or "figure")
         return [f"![{alt}]({src})"] + ([f"*{caption}*"] if caption else [])
     if name == "math":
         label = options.get("label")
-        tag = f" \\tag{{{ctx.equations[label][1]}}}" if label in ctx.equations else ""
-        return ["$$"] + body + [f"{tag.strip()}", "$$"] if tag else ["$$"] + body + ["$$"]
+        tag = [f"\\tag{{{ctx.equations[label][1]}}}"] if label in ctx.equations else []
+        return ["$$"] + body + tag + ["$$"]
     if name in ("bibliography", "tableofcontents", "contents"):
         return []
     if name == "code-block" or name == "code":
@@ -286,18 +286,31 @@ def leftover_myst(text: str) -> list[str]:
     return found
 
 
+def _page_texts(root: Path, pages: list[str]) -> dict[str, str]:
+    """The source text of each page that exists, by docname, in toc order."""
+    texts = {}
+    for page in pages:
+        path = root / page
+        path = path if path.suffix else path.with_suffix(".md")
+        if path.is_file():
+            texts[page] = path.read_text(encoding="utf-8")
+    return texts
+
+
+def _numbered(texts: dict[str, str]) -> dict[str, dict[str, int]]:
+    out, n = {}, 0
+    for page, text in texts.items():
+        labels = equation_numbers(text)
+        out[page] = {label: n + i for i, label in enumerate(labels, start=1)}
+        n += len(labels)
+    return out
+
+
 def book_equation_numbers(root: Path, pages: list[str]) -> dict[str, dict[str, int]]:
     """``{docname: {label: N}}``: the book numbers labelled equations consecutively
     through its pages in toc order (the first equation of chapter 2 follows the last of
     chapter 1), as the built HTML shows them."""
-    out, n = {}, 0
-    for page in pages:
-        path = root / page
-        path = path if path.suffix else path.with_suffix(".md")
-        labels = equation_numbers(path.read_text(encoding="utf-8")) if path.is_file() else []
-        out[page] = {label: n + i for i, label in enumerate(labels, start=1)}
-        n += len(labels)
-    return out
+    return _numbered(_page_texts(root, pages))
 
 
 def book_context(root: Path, docname: str, book_url: str, pages: list[str]) -> Context:
@@ -307,14 +320,11 @@ def book_context(root: Path, docname: str, book_url: str, pages: list[str]) -> C
     bib = root / "references.bib"
     if bib.is_file():
         ctx.citations = bib_citations(bib.read_text(encoding="utf-8"))
-    numbers = book_equation_numbers(root, pages)
+    texts = _page_texts(root, pages)
+    numbers = _numbered(texts)
     # the page's own labels last, so that they win over a label repeated elsewhere
-    for page in sorted(pages, key=lambda p: p == docname):
-        path = root / page
-        path = path if path.suffix else path.with_suffix(".md")
-        if not path.is_file():
-            continue
-        ctx.titles[page] = page_title(path.read_text(encoding="utf-8"))
+    for page in sorted(texts, key=lambda p: p == docname):
+        ctx.titles[page] = page_title(texts[page])
         for label, n in numbers[page].items():
             ctx.equations[label] = (page, n)
     return ctx
