@@ -18,10 +18,8 @@ divergence is exact (``d`` Jacobian-vector products) or the Skilling-Hutchinson 
 E_v[v^T (dF/dx) v] with one probe ``v`` per sample held fixed along the trajectory, as in
 FFJORD (Grathwohl et al. 2019).
 
-Divergences are taken of *batch* functions ``fn: (n, *dims) -> (n, *dims)`` whose samples
-do not interact (every model of :mod:`companion.nets`, every exact score): a
-Jacobian-vector product with the same tangent for every sample then returns the
-per-sample products in one call.
+The divergences are those of :mod:`companion.divergence`, shared with the losses of
+chapter 4.
 """
 
 from __future__ import annotations
@@ -35,59 +33,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from companion import sampling
+from companion import divergence
+from companion._common import traceable
+from companion.losses import TimeSampler
 from companion.sde import LinearSDE, ScoreFn, _check_x, batch_broadcast, check_cutoff
 
-BatchFn = Callable[[jax.Array], jax.Array]
-
-
-# --------------------------------------------------------------------------- divergences
-
-
-def exact_divergence(fn: BatchFn, x: jax.Array) -> jax.Array:
-    """div fn(x) = tr(d fn / dx) per sample, shape ``(n,)``, with ``D = prod(dims)`` JVPs.
-
-    ``fn`` maps ``(n, *dims)`` to ``(n, *dims)`` without mixing samples. Fine for small
-    ``D`` (toy data, 8x8 images); the cost grows like ``D`` network evaluations.
-    """
-    x = _check_x(x)
-    n, dims = x.shape[0], x.shape[1:]
-    D = math.prod(dims)
-    basis = jnp.broadcast_to(jnp.eye(D, dtype=x.dtype)[:, None, :], (D, n, D)).reshape((D, n) + dims)
-    columns = jax.vmap(lambda v: jax.jvp(fn, (x,), (v,))[1])(basis)  # (D, n, *dims): J e_j
-    columns = columns.reshape(D, n, D)
-    return jnp.einsum("jnj->n", columns)
-
-
-def hutchinson_divergence(fn: BatchFn, x: jax.Array, v: jax.Array) -> jax.Array:
-    """Skilling-Hutchinson estimate of div fn(x): the mean over probes of v^T (d fn/dx) v.
-
-    ``v`` has shape ``(n, *dims)`` (one probe per sample) or ``(P, n, *dims)`` (``P``
-    probes, averaged). Unbiased when E[v v^T] = I (Rademacher or standard Gaussian
-    entries). Returns shape ``(n,)``.
-    """
-    x = _check_x(x)
-    v = jnp.asarray(v, dtype=x.dtype)
-    if v.shape == x.shape:
-        v = v[None]
-    if v.ndim != x.ndim + 1 or v.shape[1:] != x.shape:
-        raise ValueError(f"v: expected shape {x.shape} or (P, *{x.shape}), got {v.shape}")
-    jv = jax.vmap(lambda vi: jax.jvp(fn, (x,), (vi,))[1])(v)
-    prod = (v * jv).reshape(v.shape[0], x.shape[0], -1).sum(-1)
-    return prod.mean(0)
-
-
-def probes(key, shape, *, kind: str = "rademacher", dtype=jnp.float32) -> jax.Array:
-    """Random probe vectors with E[v v^T] = I: ``"rademacher"`` (+-1) or ``"gaussian"``."""
-    if kind == "rademacher":
-        return jax.random.rademacher(key, shape, dtype=dtype)
-    if kind == "gaussian":
-        return jax.random.normal(key, shape, dtype=dtype)
-    raise ValueError(f"probe: expected 'rademacher' or 'gaussian', got {kind!r}")
+__all__ = ["log_prob", "solver_nfe", "bits_per_dim", "nats_to_bits_per_dim", "sde_bound"]
 
 
 # --------------------------------------------------------------------------- log-likelihood
-
 
 
 def log_prob(sde: LinearSDE, score_fn: ScoreFn, x, *, key=None, eps: float = 1e-5,
@@ -131,10 +85,10 @@ def log_prob(sde: LinearSDE, score_fn: ScoreFn, x, *, key=None, eps: float = 1e-
     if key is None:
         v = jnp.zeros((n, 0), x.dtype)  # unused
     else:
-        v = probes(key, (n, n_probes) + dims, kind=probe, dtype=x.dtype)
+        v = divergence.probes(key, (n, n_probes) + dims, kind=probe, dtype=x.dtype)
     solver = diffrax.Tsit5() if solver is None else solver
     prior = sde.prior_log_prob if prior_log_prob is None else prior_log_prob
-    logp, steps = _solve_log_prob(sde, sampling.traceable(score_fn), _Static(prior), solver, key is None, int(max_steps),
+    logp, steps = _solve_log_prob(sde, traceable(score_fn), _Static(prior), solver, key is None, int(max_steps),
                                   x, v, eps, rtol, atol)
     if return_stats:
         return logp, {"num_steps": steps, "nfe": solver_nfe(solver, steps)}
@@ -191,9 +145,9 @@ def _solve_log_prob(sde, score_fn, prior, solver, exact, max_steps, x, v, eps, r
             xb = y[0][None]
             fn = lambda z: sde.probability_flow_drift(score_fn, z, t)
             if exact:
-                div = exact_divergence(fn, xb)
+                div = divergence.exact_divergence(fn, xb)
             else:
-                div = hutchinson_divergence(fn, xb, vi[:, None])
+                div = divergence.hutchinson_divergence(fn, xb, vi[:, None])
             return fn(xb)[0], div[0]
 
         sol = diffrax.diffeqsolve(
@@ -290,8 +244,6 @@ def sde_bound(sde: LinearSDE, score_fn: ScoreFn, x, key, *, n_t: int = 64, eps: 
     bound, so it exceeds -log p(x) only on average; its standard error is that of the
     ``n_t`` terms (see ``tests/test_likelihood.py``).
     """
-    from companion.losses import TimeSampler  # losses imports this module
-
     eps = check_cutoff(sde, eps)
     x = _check_x(x)
     if not callable(score_fn):
@@ -305,7 +257,7 @@ def sde_bound(sde: LinearSDE, score_fn: ScoreFn, x, key, *, n_t: int = 64, eps: 
     else:
         grid = None
     prior = None if prior_log_prob is None else _Static(prior_log_prob)
-    return _sde_bound(sde, sampling.traceable(score_fn), prior, int(n_t), x, key, eps, grid)
+    return _sde_bound(sde, traceable(score_fn), prior, int(n_t), x, key, eps, grid)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2, 3))  # score_fn: traced state

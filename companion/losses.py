@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from companion.likelihood import exact_divergence, hutchinson_divergence, probes
+from companion import divergence
 from companion.sde import LinearSDE, _check_x, batch_broadcast, check_cutoff
 
 WEIGHTINGS = ("sigma2", "likelihood", "none")
@@ -188,7 +188,7 @@ def implicit_score_matching(sde: LinearSDE, *, weighting: str = "sigma2", eps: f
     def per_sample(model, x0, key):
         t, xt, _ = _uniform_perturbed(sde, key, x0, eps)
         fn = lambda x: model(x, t)
-        return lam(t) * (exact_divergence(fn, xt) + _sq_norm(fn(xt)) / 2)
+        return lam(t) * (divergence.exact_divergence(fn, xt) + _sq_norm(fn(xt)) / 2)
 
     return Loss("implicit_score_matching", per_sample, weighting=weighting, eps=eps)
 
@@ -210,15 +210,15 @@ def sliced_score_matching(sde: LinearSDE, *, weighting: str = "sigma2", eps: flo
     lam = weighting_fn(sde, weighting)
     if isinstance(n_projections, bool) or not isinstance(n_projections, int) or n_projections < 1:
         raise ValueError(f"n_projections: expected a positive int, got {n_projections!r}")
-    probes(jax.random.key(0), (1,), kind=projection)  # validates ``projection``
+    divergence.probes(jax.random.key(0), (1,), kind=projection)  # validates ``projection``
 
     def per_sample(model, x0, key):
         t, xt, k_v = _uniform_perturbed(sde, key, x0, eps)
         n = x0.shape[0]
-        v = probes(k_v, (n_projections,) + x0.shape, kind=projection, dtype=x0.dtype)
+        v = divergence.probes(k_v, (n_projections,) + x0.shape, kind=projection, dtype=x0.dtype)
         fn = lambda x: model(x, t)
         score = fn(xt)
-        trace = hutchinson_divergence(fn, xt, v)
+        trace = divergence.hutchinson_divergence(fn, xt, v)
         if variance_reduction:
             quad = _sq_norm(score) / 2
         else:

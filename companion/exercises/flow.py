@@ -99,8 +99,8 @@ def _test_pf_drift(fn):
     "batch, then the trace; or one jax.jvp per coordinate direction, keeping the matching "
     "coordinate of each product.",
     blocked=(
-        "companion.likelihood:exact_divergence",
-        "companion.likelihood:hutchinson_divergence",
+        "companion.divergence:exact_divergence",
+        "companion.divergence:hutchinson_divergence",
     ),
     reference=_divergence,
 )
@@ -240,8 +240,8 @@ def _test_log_density_ode_impl(fn):
         "of its Jacobian (jax.jacfwd, vmapped), and pass t through unchanged."
     ),
     blocked=(
-        "companion.likelihood:exact_divergence",
-        "companion.likelihood:hutchinson_divergence",
+        "companion.divergence:exact_divergence",
+        "companion.divergence:hutchinson_divergence",
         "companion.likelihood:log_prob",
     ),
     reference=_log_density_ode,

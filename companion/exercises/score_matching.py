@@ -111,7 +111,7 @@ def _test_dsm_loss(fn):
     "averaged over the probes; never build the Jacobian.",
     hint2="jax.jvp(fn, (x,), (v_p,)) gives the Jacobian times the probe v_p for the whole batch at "
     "once; dot it with v_p over each sample's coordinates (not over the batch), then average over p.",
-    blocked=("companion.likelihood:hutchinson_divergence",),
+    blocked=("companion.divergence:hutchinson_divergence",),
     reference=_hutchinson_trace,
 )
 def _test_hutchinson_trace(fn):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from companion import exercises
-from companion.likelihood import exact_divergence
+from companion.divergence import exact_divergence
 
 
 def check(name, fn):
@@ -59,7 +59,7 @@ def div_right_jvp(fn, x):
 
 
 DIV_WRONG = {
-    "calls the companion (likelihood.exact_divergence)": exact_divergence,
+    "calls the companion (divergence.exact_divergence)": exact_divergence,
     "sum of all Jacobian entries": lambda fn, x: jax.vmap(
         lambda xi: jnp.sum(jax.jacfwd(lambda y: fn(y[None])[0])(xi)))(x),
     "trace of the whole-batch Jacobian, shared": lambda fn, x: jnp.full(
@@ -158,7 +158,7 @@ def aug_whole_batch_trace(velocity, x, t):  # trace of the batch function's Jaco
 
 
 AUG_WRONG = {
-    "calls the companion (likelihood.exact_divergence)": aug_library,
+    "calls the companion (divergence.exact_divergence)": aug_library,
     "plus the divergence (sign)": lambda v, x, t: (v(x, t), _per_sample_div(v, x, t)),
     "trace over the whole batch": aug_whole_batch_trace,
     "minus the sum of the velocity": lambda v, x, t: (

@@ -123,9 +123,9 @@ def dsm_library(score_fn, sde, x0, t, z):  # the companion's loss draws its own 
 
 
 def hutchinson_library(fn, x, v):
-    from companion import likelihood
+    from companion import divergence
 
-    return likelihood.hutchinson_divergence(fn, x, v)
+    return divergence.hutchinson_divergence(fn, x, v)
 
 
 def test_library_calls_are_refused_kindly(capsys):
