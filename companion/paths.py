@@ -252,9 +252,9 @@ def integrate(velocity, x, *, method: str = "tsit5", n_steps: int = 100, rtol: f
     check_times(t1, "t1")
     if t0 == t1:
         raise ValueError("t0, t1: the interval is empty")
-    from companion.sampling import _static
+    from companion._common import static
 
-    ys, steps = _integrate(_static(velocity), x, float(t0), float(t1), int(n_steps), float(rtol), float(atol),
+    ys, steps = _integrate(static(velocity), x, float(t0), float(t1), int(n_steps), float(rtol), float(atol),
                            method, int(n_saved), int(max_steps))
     return ys, _nfe(method, int(steps))
 
@@ -269,9 +269,9 @@ def straightness(velocity, xs, t0: float = 1.0, t1: float = 0.0):
     when every trajectory is a straight line run at constant speed. The time integral
     is the trapezoidal rule on the saved times (the velocity is evaluated there).
     """
-    from companion.sampling import _static
+    from companion._common import static
 
-    return _straightness(_static(velocity), jnp.asarray(xs), float(t0), float(t1))
+    return _straightness(static(velocity), jnp.asarray(xs), float(t0), float(t1))
 
 
 @functools.partial(jax.jit, static_argnames=("velocity",))

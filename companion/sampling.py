@@ -39,8 +39,6 @@ function is static (keep one function object to reuse the compiled code).
 from __future__ import annotations
 
 import functools
-import math
-import numbers
 from typing import Callable
 
 import diffrax
@@ -48,7 +46,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from companion.sde import LinearSDE, ScoreFn, batch_broadcast
+from companion._common import (
+    batch_times,
+    check_int,
+    check_positive,
+    check_score_fn,
+    check_sde,
+    check_shape,
+    norms,
+    traceable,
+)
+from companion.sde import LinearSDE, ScoreFn, batch_broadcast, check_cutoff
 
 DEFAULT_EPS = 1e-3
 DEFAULT_N_STEPS = 1000
@@ -71,122 +79,16 @@ __all__ = [
     "heun",
     "dpm_solver",
     "trajectory",
-    "traceable",
 ]
 
 
-# --------------------------------------------------------------------------- argument checks
+# Transitional: conditional.py still reaches for these old private names; they go once
+# it imports from companion._common (issue 15).
+_check_sde, _check_score_fn, _check_int, _check_positive = check_sde, check_score_fn, check_int, check_positive
 
 
-def _check_sde(sde) -> None:
-    if not isinstance(sde, LinearSDE):
-        raise TypeError(f"sde: expected a companion.sde SDE (VE, VP, SubVP), got {type(sde).__name__}")
-
-
-def _check_shape(shape) -> tuple[int, ...]:
-    ok = isinstance(shape, (tuple, list)) and len(shape) >= 1
-    ok = ok and all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 1 for n in shape)
-    if not ok:
-        raise ValueError(f"shape: expected a non-empty tuple of positive ints (n, *dims), got {shape!r}")
-    return tuple(int(n) for n in shape)
-
-
-def _check_int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
-    return int(value)
-
-
-def _check_positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0 < value < math.inf):
-        raise ValueError(f"{name}: expected a finite positive number, got {value!r}")
-    return float(value)
-
-
-def _check_eps(eps, sde: LinearSDE) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (0 < eps < sde.T):
-        raise ValueError(f"eps: expected 0 < eps < T = {sde.T}, got {eps!r}")
-    return float(eps)
-
-
-def _check_score_fn(score_fn) -> None:
-    if not callable(score_fn):
-        raise TypeError(f"score_fn: expected a callable score_fn(x, t), got {type(score_fn).__name__}")
-
-
-class _ById:
-    """Wraps an unhashable callable so that it can be a static argument of ``jax.jit``."""
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def __call__(self, *args):
-        return self.fn(*args)
-
-    def __hash__(self):
-        return id(self.fn)
-
-    def __eq__(self, other):
-        return isinstance(other, _ById) and other.fn is self.fn
-
-
-def _static(fn):
-    try:
-        hash(fn)
-    except TypeError:
-        return _ById(fn)
-    return fn
-
-
-def _unwrap(leaf):
-    return leaf.fn if isinstance(leaf, _ById) else leaf
-
-
-@jax.tree_util.register_pytree_node_class
-class _Traced:
-    """A score function as a ``jax.jit`` argument: its arrays traced, the rest static.
-
-    ``score_fn`` is flattened as a pytree: an ``nnx.Module`` (or any pytree callable, e.g.
-    a ``jax.tree_util.Partial`` over models) gives its weights as array leaves, which jit
-    traces, and a hashable rest (the graph structure, functions, Python numbers), which
-    is part of jit's cache key. So one compiled sampler serves every model of one
-    architecture, no weight is baked into the program as a constant, and the jit cache
-    does not keep the model alive. A plain function has no array leaf: it is static (by
-    identity), as before.
-    """
-
-    def __init__(self, aux, arrays):
-        self.aux, self.arrays = aux, tuple(arrays)
-        treedef, is_array, statics = aux
-        arrays_it, statics_it = iter(self.arrays), iter(statics)
-        leaves = [next(arrays_it) if a else _unwrap(next(statics_it)) for a in is_array]
-        self.fn = jax.tree.unflatten(treedef, leaves)
-
-    def __call__(self, *args):
-        return self.fn(*args)
-
-    def tree_flatten(self):
-        return self.arrays, self.aux
-
-    @classmethod
-    def tree_unflatten(cls, aux, arrays):
-        return cls(aux, arrays)
-
-
-def traceable(fn) -> _Traced:
-    """A score function (or any callable pytree) ready to be a ``jax.jit`` argument: its
-    arrays traced, the rest static and hashable, so that one compiled program serves every
-    model of one architecture. The samplers, ``likelihood`` and ``conditional`` pass their
-    score functions through it."""
-    leaves, treedef = jax.tree.flatten(fn)
-    is_array = tuple(isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves)
-    statics = tuple(_static(leaf) for leaf, a in zip(leaves, is_array) if not a)
-    aux = (treedef, is_array, statics)
-    try:
-        hash(aux)
-    except TypeError:  # an unhashable static part: the whole function, by identity
-        return _Traced((jax.tree.structure(0), (False,), (_ById(fn),)), ())
-    return _Traced(aux, [leaf for leaf, a in zip(leaves, is_array) if a])
+def _check_eps(eps, sde):
+    return check_cutoff(sde, eps)
 
 
 # --------------------------------------------------------------------------- shared pieces
@@ -204,16 +106,6 @@ def time_grid(sde: LinearSDE, n_steps: int, eps: float = DEFAULT_EPS, dtype=None
     return grid_time(sde, k, n_steps, eps)
 
 
-def _times(x, t):
-    """The scalar time ``t`` as a per-sample vector ``(n,)`` in the dtype of ``x``."""
-    return jnp.full(x.shape[:1], t, dtype=x.dtype)
-
-
-def _norms(v):
-    """Per-sample Euclidean norms over every non-batch axis, shape ``(n,)``."""
-    return jnp.sqrt(jnp.sum(v.reshape(v.shape[0], -1) ** 2, axis=1))
-
-
 def langevin_step_size(score, z, snr, alpha=1.0, per_sample=False):
     """The Langevin corrector's step size e = 2 alpha (snr ||z|| / ||score||)^2, shape ``(n,)``.
 
@@ -224,7 +116,7 @@ def langevin_step_size(score, z, snr, alpha=1.0, per_sample=False):
     close to 0 and its step blows up: in 2-D E[1 / ||score||^2] is infinite near a
     Gaussian mode, and chapter 3 measures the damage. A zero score gives step 0.
     """
-    gnorm, znorm = _norms(score), _norms(z)
+    gnorm, znorm = norms(score), norms(z)
     # per_sample may be traced (one compiled sampler for both): select, don't branch
     gnorm = jnp.where(per_sample, gnorm, jnp.mean(gnorm))
     znorm = jnp.where(per_sample, znorm, jnp.mean(znorm))
@@ -235,7 +127,7 @@ def langevin_step_size(score, z, snr, alpha=1.0, per_sample=False):
 def _em_predictor(sde: LinearSDE, score_fn: ScoreFn, x, t, t_next, key):
     """Euler-Maruyama step of the reverse SDE from t to t_next < t: returns (x, mean)."""
     h = t - t_next
-    tv = _times(x, t)
+    tv = batch_times(x, t)
     mean = x - sde.reverse_drift(score_fn, x, tv) * h
     g = batch_broadcast(sde.diffusion(tv), x)
     z = jax.random.normal(key, x.shape, x.dtype)
@@ -246,7 +138,7 @@ def _rd_predictor(sde: LinearSDE, score_fn: ScoreFn, x, t, t_next, key):
     """Reverse-diffusion step x - f + G^2 s + G z with the discretised forward SDE (f, G)."""
     r, q = sde.transition(t_next, t)
     f = (r - 1) * x  # the forward step's drift increment, evaluated at x_{t}
-    mean = x - f + q**2 * score_fn(x, _times(x, t))
+    mean = x - f + q**2 * score_fn(x, batch_times(x, t))
     z = jax.random.normal(key, x.shape, x.dtype)
     return mean + q * z, mean
 
@@ -260,7 +152,7 @@ _PREDICTORS: dict[str, Callable] = {
 def _langevin_corrector(sde: LinearSDE, score_fn: ScoreFn, x, t, t_next, key, snr, per_sample=False):
     """One Langevin step at time t with the snr rule; alpha = r^2 of the step (1 for VE)."""
     r, _ = sde.transition(t_next, t)
-    score = score_fn(x, _times(x, t))
+    score = score_fn(x, batch_times(x, t))
     z = jax.random.normal(key, x.shape, x.dtype)
     step = langevin_step_size(score, z, snr, r**2, per_sample)
     step = batch_broadcast(step, x)
@@ -318,15 +210,15 @@ def _sample_reverse_sde(sde, score_fn, key, shape, n_steps, eps, predictor, n_co
 
 
 def _run(sde, score_fn, key, shape, n_steps, eps, predictor, n_corrector=0, snr=0.16, per_sample=False):
-    _check_sde(sde)
-    _check_score_fn(score_fn)
-    shape = _check_shape(shape)
-    n_steps = _check_int("n_steps", n_steps, 1)
-    eps = _check_eps(eps, sde)
+    check_sde(sde)
+    check_score_fn(score_fn)
+    shape = check_shape(shape)
+    n_steps = check_int("n_steps", n_steps, 1)
+    eps = check_cutoff(sde, eps)
     if predictor not in _PREDICTORS:
         raise ValueError(f"predictor: expected one of {sorted(_PREDICTORS)}, got {predictor!r}")
-    n_corrector = _check_int("n_corrector", n_corrector, 0)
-    snr = _check_positive("snr", snr)
+    n_corrector = check_int("n_corrector", n_corrector, 0)
+    snr = check_positive("snr", snr)
     if not isinstance(per_sample, bool):
         raise ValueError(f"per_sample_norms: expected True or False, got {per_sample!r}")
     x = _sample_reverse_sde(
@@ -409,7 +301,7 @@ def _solve_flow(sde, score_fn, key, shape, rtol, atol, eps, solver, max_steps):
     x = sde.prior_sample(key, shape)
 
     def vector_field(t, y, args):
-        return sde.probability_flow_drift(score_fn, y, _times(y, t))
+        return sde.probability_flow_drift(score_fn, y, batch_times(y, t))
 
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(vector_field),
@@ -445,13 +337,13 @@ def probability_flow(
     first evaluation of a first-same-as-last solver included (Tsit5: 6 per attempted
     step + 1), from diffrax's ``sol.stats["num_steps"]`` (the tests count them directly).
     """
-    _check_sde(sde)
-    _check_score_fn(score_fn)
-    shape = _check_shape(shape)
-    rtol = _check_positive("rtol", rtol)
-    atol = _check_positive("atol", atol)
-    eps = _check_eps(eps, sde)
-    max_steps = _check_int("max_steps", max_steps, 1)
+    check_sde(sde)
+    check_score_fn(score_fn)
+    shape = check_shape(shape)
+    rtol = check_positive("rtol", rtol)
+    atol = check_positive("atol", atol)
+    eps = check_cutoff(sde, eps)
+    max_steps = check_int("max_steps", max_steps, 1)
     per_step, at_start = _nfe_per_step(solver)
     x, n_steps = _solve_flow(sde, traceable(score_fn), key, shape, rtol, atol, eps, solver, max_steps)
     return x, int(n_steps) * per_step + at_start
@@ -526,20 +418,20 @@ def ode_time_grid(sde: LinearSDE, n_steps: int, eps: float = DEFAULT_EPS, spacin
     ``rho -> infinity`` gives "logsnr". Both crowd the steps at small sigma, where the
     data's structure appears. ``spacing="time"``: the uniform grid in t of :func:`time_grid`.
     """
-    _check_sde(sde)
-    n_steps = _check_int("n_steps", n_steps, 1)
-    eps = _check_eps(eps, sde)
+    check_sde(sde)
+    n_steps = check_int("n_steps", n_steps, 1)
+    eps = check_cutoff(sde, eps)
     if spacing not in _SPACINGS:
         raise ValueError(f"spacing: expected one of {_SPACINGS}, got {spacing!r}")
     k = jnp.arange(n_steps + 1)
-    return _ode_time(sde, k, n_steps, eps, spacing, _check_positive("rho", rho)).astype(
+    return _ode_time(sde, k, n_steps, eps, spacing, check_positive("rho", rho)).astype(
         dtype or jnp.result_type(float))
 
 
 def _denoiser(sde, score_fn, xhat, t):
     """Tweedie's denoiser D(xhat, sigma(t)) = xhat + sigma^2 m(t) score(m(t) xhat, t)."""
     m = sde.mean_coefficient(t)
-    return xhat + noise_level(sde, t) ** 2 * m * score_fn(m * xhat, _times(xhat, t))
+    return xhat + noise_level(sde, t) ** 2 * m * score_fn(m * xhat, batch_times(xhat, t))
 
 
 def _solve_flow_fixed(sde, score_fn, key, shape, n_steps, eps, rho, method, spacing):
@@ -607,12 +499,12 @@ def _solve_flow_body(sde, score_fn, key, shape, n_steps, eps, rho, method, spaci
 
 
 def _run_fixed(sde, score_fn, key, shape, n_steps, eps, rho, method, spacing):
-    _check_sde(sde)
-    _check_score_fn(score_fn)
-    shape = _check_shape(shape)
-    n_steps = _check_int("n_steps", n_steps, 1)
-    eps = _check_eps(eps, sde)
-    rho = _check_positive("rho", rho)
+    check_sde(sde)
+    check_score_fn(score_fn)
+    shape = check_shape(shape)
+    n_steps = check_int("n_steps", n_steps, 1)
+    eps = check_cutoff(sde, eps)
+    rho = check_positive("rho", rho)
     if spacing not in _SPACINGS:
         raise ValueError(f"spacing: expected one of {_SPACINGS}, got {spacing!r}")
     return _solve_flow_fixed(sde, traceable(score_fn), key, shape, n_steps, eps, rho, method, spacing)
@@ -665,7 +557,7 @@ def _euler_flow(sde, score_fn, key, shape, n_steps, eps):
     def body(k, x):
         t = grid_time(sde, k, n_steps, eps).astype(x.dtype)
         t_next = grid_time(sde, k + 1, n_steps, eps).astype(x.dtype)
-        return x + (t_next - t) * sde.probability_flow_drift(score_fn, x, _times(x, t))
+        return x + (t_next - t) * sde.probability_flow_drift(score_fn, x, batch_times(x, t))
 
     return jax.lax.fori_loop(0, n_steps, body, x)
 
@@ -674,11 +566,11 @@ def euler_ode(sde, score_fn, key, shape, n_steps=100, eps=DEFAULT_EPS):
     """Euler's method on the probability flow ODE dx/dt = f - g^2 s / 2 (Eq. eq-pf-ode) on
     the uniform grid from T to ``eps`` (:func:`time_grid`): the first-order fixed-step
     baseline. Returns ``(x, nfe)``, ``nfe = n_steps``."""
-    _check_sde(sde)
-    _check_score_fn(score_fn)
-    shape = _check_shape(shape)
-    n_steps = _check_int("n_steps", n_steps, 1)
-    eps = _check_eps(eps, sde)
+    check_sde(sde)
+    check_score_fn(score_fn)
+    shape = check_shape(shape)
+    n_steps = check_int("n_steps", n_steps, 1)
+    eps = check_cutoff(sde, eps)
     return _euler_flow(sde, traceable(score_fn), key, shape, n_steps, eps), n_steps
 
 
@@ -699,7 +591,7 @@ def _trajectory(sde, score_fn, key, shape, n_steps, eps, n_frames, stochastic):
             k_noise = jax.random.split(jax.random.fold_in(k_loop, k), 1)[-1]
             new, mean = _em_predictor(sde, score_fn, x, t, t_next, k_noise)
             return jnp.where(k == n_steps - 1, mean, new)  # no noise on the last step
-        return x + (t_next - t) * sde.probability_flow_drift(score_fn, x, _times(x, t))
+        return x + (t_next - t) * sde.probability_flow_drift(score_fn, x, batch_times(x, t))
 
     def frame(x, j):
         x = jax.lax.fori_loop(j * per_frame, (j + 1) * per_frame, step, x)
@@ -720,16 +612,16 @@ def trajectory(sde, score_fn, key, shape, *, n_steps=DEFAULT_N_STEPS, n_frames: 
     a multiple of ``n_frames - 1``). Returns ``(ts, frames)``: the times ``(n_frames,)``
     and the states ``(n_frames, *shape)``.
     """
-    _check_sde(sde)
-    _check_score_fn(score_fn)
-    shape = _check_shape(shape)
-    n_steps = _check_int("n_steps", n_steps, 1)
-    n_frames = _check_int("n_frames", n_frames, 2)
+    check_sde(sde)
+    check_score_fn(score_fn)
+    shape = check_shape(shape)
+    n_steps = check_int("n_steps", n_steps, 1)
+    n_frames = check_int("n_frames", n_frames, 2)
     if not isinstance(stochastic, bool):
         raise ValueError(f"stochastic: expected True or False, got {stochastic!r}")
     if n_steps % (n_frames - 1):
         raise ValueError(f"n_steps: expected a multiple of n_frames - 1 = {n_frames - 1}, got {n_steps}")
-    eps = _check_eps(eps, sde)
+    eps = check_cutoff(sde, eps)
     frames = _trajectory(sde, traceable(score_fn), key, shape, n_steps, eps, n_frames, stochastic)
     per_frame = n_steps // (n_frames - 1)
     ts = jnp.asarray(grid_time(sde, np.arange(n_frames) * per_frame, n_steps, eps))  # in float64, as the samplers
