@@ -1,5 +1,6 @@
 """The exercise framework: registry, book order, argument errors, references pass."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -206,3 +207,130 @@ def test_the_library_equivalents_are_refused(name):
         restored = getattr(owner, attr)
         assert restored is original or getattr(restored, "__func__", None) is getattr(
             original, "__func__", original)
+
+
+# ------------------------------------------------------------------ a second check is free
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """A throwaway exercise 'twice' (chapter 1) whose hidden test counts its runs and
+    passes for a function returning 2; the result cache starts empty."""
+    runs = []
+
+    def test(fn):
+        runs.append(fn)
+        if fn() != 2:
+            raise _core.Mismatch("twice: not 2")
+
+    ex = _core.Exercise("twice", 1, "think of 1 + 1", test, lambda: 2, "really, 1 + 1")
+    monkeypatch.setitem(_core._REGISTRY, "twice", ex)
+    monkeypatch.setattr(_core, "_LAST", {})
+    return runs
+
+
+def test_a_second_check_of_the_same_function_reuses_the_first(counted, capsys):
+    def answer():
+        return 2
+
+    assert exercises.check("twice", answer) is True
+    first = capsys.readouterr().out
+    assert exercises.check("twice", answer, verbose=False) is True  # the hidden assert
+    assert exercises.check("twice", answer) is True
+    assert capsys.readouterr().out == first  # the same report, printed again
+    assert len(counted) == 1
+
+
+def test_a_second_check_of_a_wrong_answer_reuses_the_failure(counted, capsys):
+    def answer():
+        return 3
+
+    assert exercises.check("twice", answer) is False
+    first = capsys.readouterr().out
+    assert "Hint:" in first
+    assert exercises.check("twice", answer) is False
+    assert capsys.readouterr().out == first
+    assert len(counted) == 1
+
+
+def test_a_redefined_or_different_function_is_checked_afresh(counted):
+    namespace = {}
+    source = "def answer():\n    return {}\n"
+    exec(source.format(3), namespace)
+    assert not exercises.check("twice", namespace["answer"], verbose=False)
+    exec(source.format(2), namespace)  # the reader fixes the cell and runs it again
+    assert exercises.check("twice", namespace["answer"], verbose=False)
+    exec(source.format(2), namespace)  # the same code, a new function object
+    assert exercises.check("twice", namespace["answer"], verbose=False)
+    assert exercises.check("twice", lambda: 2, verbose=False)
+    assert len(counted) == 4
+
+
+def test_a_rebound_global_or_changed_default_is_checked_afresh(counted):
+    namespace = {"helper": lambda: 2}
+    exec("def answer(k=1):\n    return helper() * k\n", namespace)
+    answer = namespace["answer"]
+    assert exercises.check("twice", answer, verbose=False)
+    namespace["helper"] = lambda: 3  # a helper cell edited and run again
+    assert not exercises.check("twice", answer, verbose=False)
+    namespace["helper"] = lambda: 1
+    answer.__defaults__ = (2,)
+    assert exercises.check("twice", answer, verbose=False)
+    assert len(counted) == 3
+
+    def outer(value):
+        def closure():
+            return value
+
+        return closure
+
+    assert exercises.check("twice", outer(2), verbose=False)
+    assert not exercises.check("twice", outer(5), verbose=False)
+    assert len(counted) == 5
+
+
+def test_a_cached_pass_is_still_recorded_in_the_progress_file(
+    counted, monkeypatch, tmp_path
+):
+    def answer():
+        return 2
+
+    assert exercises.check("twice", answer, verbose=False)
+    elsewhere = tmp_path / "elsewhere.json"
+    monkeypatch.setenv(_core.PROGRESS_ENV, str(elsewhere))
+    assert exercises.check("twice", answer, verbose=False)
+    assert len(counted) == 1
+    assert "twice" in json.loads(elsewhere.read_text())["passed"]
+
+
+def test_callables_that_are_not_functions_are_always_checked(counted):
+    class Answer:
+        def __call__(self):
+            return 2
+
+    answer = Answer()
+    assert exercises.check("twice", answer, verbose=False)
+    assert exercises.check("twice", answer, verbose=False)
+    assert len(counted) == 2
+
+
+def test_a_real_exercise_runs_its_hidden_tests_once_per_function(monkeypatch):
+    ex = exercises.get("euler_step")
+    runs = []
+
+    def counting(fn):
+        runs.append(fn)
+        ex.test(fn)
+
+    monkeypatch.setitem(
+        _core._REGISTRY, "euler_step", dataclasses.replace(ex, test=counting)
+    )
+    monkeypatch.setattr(_core, "_LAST", {})
+
+    def euler_step(f, y, t, h):
+        return y + h * f(y, t)
+
+    assert exercises.check("euler_step", euler_step, verbose=False)
+    assert exercises.check("euler_step", euler_step, verbose=False)
+    assert not exercises.check("euler_step", lambda f, y, t, h: y, verbose=False)
+    assert len(runs) == 2
