@@ -124,8 +124,18 @@ def langevin_step_size(score, z, snr, alpha=1.0, per_sample=False):
     return jnp.where(gnorm > 0, 2 * alpha * (snr * znorm / safe) ** 2, 0.0)
 
 
-def _em_predictor(sde: LinearSDE, score_fn: ScoreFn, x, t, t_next, key):
-    """Euler-Maruyama step of the reverse SDE from t to t_next < t: returns (x, mean)."""
+def euler_maruyama_step(
+    sde: LinearSDE, score_fn: ScoreFn, x: jax.Array, t: jax.Array, t_next: jax.Array, key: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """One Euler-Maruyama step of the reverse SDE (Eq. eq-reverse-em, chapter 3) from the
+    scalar time ``t`` down to ``t_next < t``, h = t - t_next:
+
+        mean = x - [f(x, t) - g(t)^2 s(x, t)] h,    x_next = mean + g(t) sqrt(h) z.
+
+    ``x`` has shape ``(n, *dims)``; returns ``(x_next, mean)``, both shaped like ``x``
+    (``mean`` is the noise-free part, what the last step of a sampler returns). The
+    step contract of :data:`PREDICTORS`.
+    """
     h = t - t_next
     tv = batch_times(x, t)
     mean = x - sde.reverse_drift(score_fn, x, tv) * h
@@ -134,8 +144,18 @@ def _em_predictor(sde: LinearSDE, score_fn: ScoreFn, x, t, t_next, key):
     return mean + g * jnp.sqrt(h) * z, mean
 
 
-def _rd_predictor(sde: LinearSDE, score_fn: ScoreFn, x, t, t_next, key):
-    """Reverse-diffusion step x - f + G^2 s + G z with the discretised forward SDE (f, G)."""
+def reverse_diffusion_step(
+    sde: LinearSDE, score_fn: ScoreFn, x: jax.Array, t: jax.Array, t_next: jax.Array, key: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """One reverse-diffusion step (Song et al. 2021) from ``t`` down to ``t_next``: with the
+    exact forward transition x_t = r x_{t_next} + q z over the step (``sde.transition``;
+    the discretised forward SDE has f = (r - 1) x and G = q),
+
+        mean = x - f + G^2 s(x, t),    x_next = mean + G z.
+
+    ``x`` has shape ``(n, *dims)``; returns ``(x_next, mean)``. The step contract of
+    :data:`PREDICTORS`.
+    """
     r, q = sde.transition(t_next, t)
     f = (r - 1) * x  # the forward step's drift increment, evaluated at x_{t}
     mean = x - f + q**2 * score_fn(x, batch_times(x, t))
@@ -143,20 +163,53 @@ def _rd_predictor(sde: LinearSDE, score_fn: ScoreFn, x, t, t_next, key):
     return mean + q * z, mean
 
 
-_PREDICTORS: dict[str, Callable] = {
-    "euler_maruyama": _em_predictor,
-    "reverse_diffusion": _rd_predictor,
-}
+def langevin_step(
+    sde: LinearSDE,
+    score_fn: ScoreFn,
+    x: jax.Array,
+    t: jax.Array,
+    t_next: jax.Array,
+    key: jax.Array,
+    snr: float | jax.Array,
+    per_sample: bool | jax.Array = False,
+) -> tuple[jax.Array, jax.Array]:
+    """One Langevin corrector step at time ``t`` (Eq. eq-langevin-corrector, chapter 3):
 
+        mean = x + e s(x, t),    x_next = mean + sqrt(2 e) z,
 
-def _langevin_corrector(sde: LinearSDE, score_fn: ScoreFn, x, t, t_next, key, snr, per_sample=False):
-    """One Langevin step at time t with the snr rule; alpha = r^2 of the step (1 for VE)."""
+    with e = 2 alpha (snr ||z|| / ||s||)^2 (:func:`langevin_step_size`) and alpha = r^2
+    of the forward transition over [t_next, t] (1 for VE). ``t_next`` only sets alpha:
+    the step stays at time ``t``. ``x`` has shape ``(n, *dims)``; returns
+    ``(x_next, mean)``. The step contract of :data:`CORRECTORS`, with ``snr`` and
+    ``per_sample`` bound by the caller.
+    """
     r, _ = sde.transition(t_next, t)
     score = score_fn(x, batch_times(x, t))
     z = jax.random.normal(key, x.shape, x.dtype)
     step = langevin_step_size(score, z, snr, r**2, per_sample)
     step = batch_broadcast(step, x)
-    return x + step * score + jnp.sqrt(2 * step) * z
+    mean = x + step * score
+    return mean + jnp.sqrt(2 * step) * z, mean
+
+
+#: The predictors of :func:`predictor_corrector`, by name: each is
+#: ``step(sde, score_fn, x, t, t_next, key) -> (x_next, mean)`` from ``t`` down to ``t_next``.
+PREDICTORS: dict[str, Callable[..., tuple[jax.Array, jax.Array]]] = {
+    "euler_maruyama": euler_maruyama_step,
+    "reverse_diffusion": reverse_diffusion_step,
+}
+
+#: The correctors of :func:`predictor_corrector`, by name: the same signature as the
+#: predictors, followed by ``snr`` and ``per_sample``.
+CORRECTORS: dict[str, Callable[..., tuple[jax.Array, jax.Array]]] = {"langevin": langevin_step}
+
+# Transitional: conditional.py still reaches for these old private names; they go once
+# it uses the public steps (issue 15).
+_PREDICTORS = PREDICTORS
+
+
+def _langevin_corrector(sde, score_fn, x, t, t_next, key, snr, per_sample=False):
+    return langevin_step(sde, score_fn, x, t, t_next, key, snr, per_sample)[0]
 
 
 def reverse_loop(step, sde: LinearSDE, x, key, n_steps, eps):
@@ -179,50 +232,38 @@ def reverse_loop(step, sde: LinearSDE, x, key, n_steps, eps):
     return mean
 
 
-def _scan_reverse(step, x, ts, key):
-    """Like :func:`reverse_loop` on an explicit grid ``ts`` (T first), as a ``lax.scan``:
-    run ``step(x, t, t_next, key) -> (x, mean)`` over consecutive times; return the last mean.
-    (Its length is static: one compilation per grid length.)"""
-    keys = jax.random.split(key, ts.shape[0] - 1)
-
-    def body(carry, inputs):
-        x, _ = carry
-        t, t_next, k = inputs
-        return step(x, t, t_next, k), None
-
-    (_, mean), _ = jax.lax.scan(body, (x, x), (ts[:-1], ts[1:], keys))
-    return mean
-
-
-@functools.partial(jax.jit, static_argnames=("sde", "shape", "predictor", "n_corrector"))
-def _sample_reverse_sde(sde, score_fn, key, shape, n_steps, eps, predictor, n_corrector, snr, per_sample):
+@functools.partial(jax.jit, static_argnames=("sde", "shape", "predictor", "corrector", "n_corrector"))
+def _sample_reverse_sde(sde, score_fn, key, shape, n_steps, eps, predictor, corrector, n_corrector, snr, per_sample):
     k_prior, k_loop = jax.random.split(key)
     x = sde.prior_sample(k_prior, shape)
-    predict = _PREDICTORS[predictor]
+    predict, correct = PREDICTORS[predictor], CORRECTORS[corrector]
 
     def step(x, t, t_next, k):
         keys = jax.random.split(k, n_corrector + 1)
         for j in range(n_corrector):  # a static, small number of corrector steps
-            x = _langevin_corrector(sde, score_fn, x, t, t_next, keys[j], snr, per_sample)
+            x, _ = correct(sde, score_fn, x, t, t_next, keys[j], snr, per_sample)
         return predict(sde, score_fn, x, t, t_next, keys[-1])
 
     return reverse_loop(step, sde, x, k_loop, n_steps, eps)
 
 
-def _run(sde, score_fn, key, shape, n_steps, eps, predictor, n_corrector=0, snr=0.16, per_sample=False):
+def _run(sde, score_fn, key, shape, n_steps, eps, predictor, n_corrector=0, snr=0.16, per_sample=False,
+         corrector="langevin"):
     check_sde(sde)
     check_score_fn(score_fn)
     shape = check_shape(shape)
     n_steps = check_int("n_steps", n_steps, 1)
     eps = check_cutoff(sde, eps)
-    if predictor not in _PREDICTORS:
-        raise ValueError(f"predictor: expected one of {sorted(_PREDICTORS)}, got {predictor!r}")
+    if predictor not in PREDICTORS:
+        raise ValueError(f"predictor: expected one of {sorted(PREDICTORS)}, got {predictor!r}")
+    if corrector not in CORRECTORS:
+        raise ValueError(f"corrector: expected one of {sorted(CORRECTORS)}, got {corrector!r}")
     n_corrector = check_int("n_corrector", n_corrector, 0)
     snr = check_positive("snr", snr)
     if not isinstance(per_sample, bool):
         raise ValueError(f"per_sample_norms: expected True or False, got {per_sample!r}")
     x = _sample_reverse_sde(
-        sde, traceable(score_fn), key, shape, n_steps, eps, predictor, n_corrector, snr, per_sample
+        sde, traceable(score_fn), key, shape, n_steps, eps, predictor, corrector, n_corrector, snr, per_sample
     )
     return x, n_steps * (1 + n_corrector)
 
@@ -266,17 +307,21 @@ def predictor_corrector(
     eps=DEFAULT_EPS,
     predictor="reverse_diffusion",
     per_sample_norms=False,
+    corrector="langevin",
 ):
     """Predictor-corrector sampling (Song et al. 2021, Eq. eq-langevin-corrector, chapter 3).
 
     The order is corrector first, as in Song et al.'s code (``pc_sampler``), not as in
     the paper's Algorithms 2 and 3, which predict first: at every grid time t_k,
-    ``n_corrector`` Langevin steps at t_k,
+    ``n_corrector`` Langevin steps at t_k (:func:`langevin_step`, the ``corrector``
+    "langevin" of :data:`CORRECTORS`),
     x <- x + e s(x, t_k) + sqrt(2 e) z with e = 2 alpha (snr ||z|| / ||s||)^2
     (:func:`langevin_step_size`; alpha = 1 for VE, alpha = r^2 = exp(-(B(t_k) -
     B(t_{k+1}))) for VP and sub-VP, Song et al.'s 1 - beta_i to first order), then one
-    ``predictor`` step ("reverse_diffusion" or "euler_maruyama") from t_k to t_{k+1}.
-    The last grid time eps gets no corrector. ``snr = 0.16`` is Song et al.'s setting
+    ``predictor`` step (a name of :data:`PREDICTORS`: "reverse_diffusion" or
+    "euler_maruyama") from t_k to t_{k+1}. Step k draws its keys as
+    ``split(fold_in(key_loop, k), n_corrector + 1)``: the correctors' first, the
+    predictor's last. The last grid time eps gets no corrector. ``snr = 0.16`` is Song et al.'s setting
     for CIFAR-10 (VE), not a universal one. ``n_corrector = 0`` gives the predictor
     alone. The norms are averaged over
     the batch unless ``per_sample_norms=True`` (which low-dimensional data punish:
@@ -284,7 +329,7 @@ def predictor_corrector(
 
     Returns ``(x, nfe)``, ``nfe = n_steps * (1 + n_corrector)``.
     """
-    return _run(sde, score_fn, key, shape, n_steps, eps, predictor, n_corrector, snr, per_sample_norms)
+    return _run(sde, score_fn, key, shape, n_steps, eps, predictor, n_corrector, snr, per_sample_norms, corrector)
 
 
 def _nfe_per_step(solver) -> tuple[int, int]:
@@ -589,7 +634,7 @@ def _trajectory(sde, score_fn, key, shape, n_steps, eps, n_frames, stochastic):
         t_next = grid_time(sde, k + 1, n_steps, eps).astype(x.dtype)
         if stochastic:
             k_noise = jax.random.split(jax.random.fold_in(k_loop, k), 1)[-1]
-            new, mean = _em_predictor(sde, score_fn, x, t, t_next, k_noise)
+            new, mean = euler_maruyama_step(sde, score_fn, x, t, t_next, k_noise)
             return jnp.where(k == n_steps - 1, mean, new)  # no noise on the last step
         return x + (t_next - t) * sde.probability_flow_drift(score_fn, x, batch_times(x, t))
 

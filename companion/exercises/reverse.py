@@ -189,6 +189,7 @@ def _diagnose_step(arr, s, score_fn, x, t, t_next, z):
     blocked=(
         "companion.sde:LinearSDE.transition",
         "companion.sampling:reverse_diffusion",
+        "companion.sampling:reverse_diffusion_step",
     ),
     reference=_reverse_diffusion_step,
 )
@@ -266,6 +267,7 @@ def _langevin_cases():
     ),
     blocked=(
         "companion.sampling:langevin_step_size",
+        "companion.sampling:langevin_step",
         "companion.sampling:predictor_corrector",
     ),
     reference=_langevin_corrector_step,
@@ -409,7 +411,9 @@ def _test_reverse_sampler_impl(fn):
     ),
     blocked=(
         "companion.sampling:euler_maruyama",
+        "companion.sampling:euler_maruyama_step",
         "companion.sampling:reverse_diffusion",
+        "companion.sampling:reverse_diffusion_step",
         "companion.sampling:predictor_corrector",
         "companion.sampling:probability_flow",
         "companion.sampling:reverse_loop",

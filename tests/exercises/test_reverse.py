@@ -131,7 +131,7 @@ def test_the_reference_is_the_companion_predictor():
     x = jnp.ones((3, 2))
     z = jnp.asarray(np.random.default_rng(0).normal(size=(3, 2)), jnp.float32)
     ref = exercises.get("reverse_diffusion_step").reference(s, score, x, 0.5, 0.45, z)
-    _, mean = sampling._rd_predictor(s, score, x, jnp.float32(0.5), jnp.float32(0.45), jax.random.key(0))
+    _, mean = sampling.reverse_diffusion_step(s, score, x, jnp.float32(0.5), jnp.float32(0.45), jax.random.key(0))
     q = s.transition(0.45, 0.5)[1]
     np.testing.assert_allclose(ref - q * z, mean, rtol=1e-5, atol=1e-6)
 
