@@ -1,18 +1,17 @@
-"""The book's own tools, for the tests of the book: the Sphinx extension
-``book/_ext/course.py`` and the notebook tool ``book/_tools/notebooks.py`` are scripts in
-the book's tree, not parts of the companion package, so they are loaded from their files.
-``ROOT`` is the repository root."""
+"""The book's own tools, for the tests of the book: the solution transform and chapter
+helpers ``book/_tools/course.py`` and the notebook tool ``book/_tools/notebooks.py`` are
+scripts in the book's tree, not parts of the companion package. ``book/_tools`` is on the
+tests' path (``pythonpath`` in ``pyproject.toml``); ``notebooks`` is loaded from its file
+under another name. ``ROOT`` is the repository root."""
 
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "book" / "_ext"))
+import course  # noqa: F401  (book/_tools/course.py)
 
-import course  # noqa: E402,F401
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load_notebooks_tool():

@@ -1,4 +1,4 @@
-"""Unit tests of the solution transform and helpers of book/_ext/course.py."""
+"""Unit tests of the solution transform and helpers of book/_tools/course.py."""
 
 from __future__ import annotations
 
@@ -270,3 +270,39 @@ def test_colab_url():
 
 def test_mathjax_ships_with_the_environment():
     assert (course.mathjax_es5_dir() / "tex-chtml.js").stat().st_size > 100_000
+
+
+def test_the_transform_imports_no_sphinx_and_the_extension_wires_it():
+    """book/_tools/course.py (the transform, used by the tools and the tests) imports
+    nothing of Sphinx or docutils; book/_ext/course_ext.py, the extension registered in
+    _config.yml, connects its handlers to the build."""
+    import ast
+    import importlib.util
+
+    import yaml
+    from book_tools import ROOT
+
+    tree = ast.parse((ROOT / "book" / "_tools" / "course.py").read_text(encoding="utf-8"))
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not imported & {"sphinx", "docutils", "myst_nb", "myst_parser"}, imported
+    config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
+    assert config["sphinx"]["local_extensions"] == {"course_ext": "book/_ext"}
+    spec = importlib.util.spec_from_file_location("course_ext", ROOT / "book" / "_ext" / "course_ext.py")
+    ext = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ext)
+    assert ext.book_source is course.book_source  # the one transform
+
+    class App:
+        connected, css = [], []
+
+        def connect(self, event, handler):
+            self.connected.append(event)
+
+        def add_css_file(self, name):
+            self.css.append(name)
+
+    app = App()
+    meta = ext.setup(app)
+    assert {"config-inited", "source-read", "doctree-read", "build-finished"} <= set(app.connected)
+    assert app.css == ["course.css"] and meta["parallel_read_safe"]

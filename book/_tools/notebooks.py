@@ -15,7 +15,7 @@ the student notebook is the chapter with
   keeps a preinstalled JAX that the companion's ranges admit; the cell prints the
   device JAX runs on;
 - every exercise solution replaced by its stub (``course.split_solution``, the very
-  function the book uses; see ``book/_ext/course.py``);
+  function the book uses; see ``book/_tools/course.py``);
 - every ``remove-cell`` cell dropped (the hidden asserts), and no outputs;
 - the markdown in plain Jupyter Markdown (``plain_markdown.to_plain``): citations,
   equation references and numbers, admonitions and dropdowns as the book shows them,
@@ -37,13 +37,12 @@ from pathlib import Path
 import nbformat
 import yaml
 
+# siblings in book/_tools: the folder is on the path when this file runs as a script,
+# and on the tests' path (pyproject.toml)
+import course  # the solution transform, shared with the book
+import plain_markdown  # MyST -> plain Jupyter Markdown
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "book" / "_ext"))
-
-import course  # noqa: E402  (the solution transform, shared with the book)
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import plain_markdown  # noqa: E402  (MyST -> plain Jupyter Markdown)
 
 COLAB_DIR = Path("book") / "colab"
 

@@ -1,4 +1,4 @@
-"""The course's Sphinx extension, and the one implementation of the solution transform.
+"""The course's one implementation of the solution transform, and the chapter helpers.
 
 An exercise cell holds the reader's function with the solution between two marker lines::
 
@@ -13,18 +13,17 @@ An exercise cell holds the reader's function with the solution between two marke
 code without the marker lines). Two callers use it, so the book and the notebooks
 cannot drift apart:
 
-- this extension, on Sphinx's ``source-read`` event (:func:`book_source`, on the MyST
-  text): the rendered chapter shows the stub, then the full solution collapsed behind
-  "Show solution"; both cells execute (the stub only defines the function, the
-  solution redefines it). The extension also puts an "Open in Colab" link under each
-  chapter's title (``doctree-read``) and copies MathJax 3 into the HTML output, so
-  math is typeset offline.
+- the book's Sphinx extension ``book/_ext/course_ext.py``, on Sphinx's ``source-read``
+  event (:func:`book_source`, on the MyST text): the rendered chapter shows the stub,
+  then the full solution collapsed behind "Show solution"; both cells execute (the stub
+  only defines the function, the solution redefines it). The extension also puts an
+  "Open in Colab" link (:func:`colab_badge`) under each chapter's title and copies
+  MathJax 3 (:func:`mathjax_es5_dir`) into the HTML output, so math is typeset offline.
 - ``book/_tools/notebooks.py`` (:func:`student_notebook`): the Colab notebooks in
   ``book/colab/`` get the stub only, and no ``remove-cell`` cells.
 
-Registered in ``_config.yml`` under ``sphinx: local_extensions: {course: book/_ext}``.
-This module imports nothing from Sphinx at import time, so the tools and the tests can
-use the transform without a Sphinx application.
+This module imports nothing from Sphinx, so the tools (run as scripts from this folder),
+the extension and the tests (``pythonpath`` in ``pyproject.toml``) share it.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import re
-import shutil
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -322,87 +320,3 @@ div.cell_output pre { white-space: pre-wrap; overflow-wrap: anywhere; }
 html[data-theme="dark"] div.cell_output img,
 html[data-theme="dark"] div.animation { background: #fff; border-radius: 4px; }
 """
-
-# --------------------------------------------------------------------- Sphinx wiring
-
-
-def _repository(app) -> tuple[str, str]:
-    options = app.config.html_theme_options or {}
-    url = options.get("repository_url")
-    if not url:
-        raise RuntimeError("course: set repository.url in _config.yml (needed for the Colab links)")
-    return url, options.get("repository_branch") or "main"
-
-
-def _on_config_inited(app, config) -> None:
-    path = str(config.mathjax_path)
-    if "://" in path or path.startswith("//"):
-        from sphinx.errors import ConfigError
-
-        raise ConfigError(
-            f"course: mathjax_path is a remote URL ({path}); the book serves MathJax itself, "
-            f"set sphinx.config.mathjax_path: {MATHJAX_PATH} in _config.yml"
-        )
-    _repository(app)  # fail early on a missing repository url
-
-
-def _chapter_text(app, docname: str) -> str | None:
-    path = Path(app.env.doc2path(docname))
-    if path.suffix != ".md":
-        return None
-    return path.read_text(encoding="utf-8")
-
-
-def _on_source_read(app, docname: str, source: list[str]) -> None:
-    if str(app.env.doc2path(docname)).endswith(".md") and is_jupytext_myst(source[0]):
-        source[0] = book_source(source[0], name=str(app.env.doc2path(docname, False)))
-
-
-def _on_doctree_read(app, doctree) -> None:
-    """The "Open in Colab" link, under the title of each chapter with a student notebook."""
-    from docutils import nodes
-
-    docname = app.env.docname
-    text = _chapter_text(app, docname)
-    if text is None or not is_notebook_chapter(text):
-        return
-    section = next(iter(doctree.findall(nodes.section)), None)
-    if section is None or not isinstance(section[0], nodes.title):
-        return
-    url, branch = _repository(app)
-    section.insert(1, nodes.raw("", colab_badge(colab_url(url, Path(docname).name, branch)), format="html"))
-
-
-def _on_build_finished(app, exception) -> None:
-    if exception is not None or app.builder.format != "html":
-        return
-    static = Path(app.outdir) / "_static"
-    target = static / Path(MATHJAX_PATH).parent
-    if not (target / "tex-chtml.js").is_file():
-        shutil.copytree(mathjax_es5_dir(), target, dirs_exist_ok=True)
-    static.mkdir(parents=True, exist_ok=True)
-    (static / "course.css").write_text(COURSE_CSS, encoding="utf-8")
-
-
-def _is_thebe_script(js) -> bool:
-    filename = getattr(js, "filename", js)
-    body = getattr(js, "attributes", {}).get("body", "")
-    return str(filename).endswith("sphinx-thebe.js") or "THEBE_JS_URL" in (body or "")
-
-
-def _on_html_page_context(app, pagename, templatename, context, doctree) -> None:
-    # sphinx-thebe (loaded by Jupyter Book whatever the config) puts an unpkg.com URL in
-    # every page. Thebe is off (launch_buttons.thebe: false): drop its scripts, so that
-    # no page names a CDN.
-    if "script_files" in context:
-        context["script_files"] = [js for js in context["script_files"] if not _is_thebe_script(js)]
-
-
-def setup(app):
-    app.connect("config-inited", _on_config_inited)
-    app.connect("source-read", _on_source_read)
-    app.connect("doctree-read", _on_doctree_read)
-    app.connect("html-page-context", _on_html_page_context)
-    app.connect("build-finished", _on_build_finished)
-    app.add_css_file("course.css")
-    return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
