@@ -335,3 +335,60 @@ def score_from_velocity(path, velocity_fn: Callable) -> Callable:
         return (batch_broadcast(a, x) * velocity_fn(x, t) - batch_broadcast(da, x) * x) / c
 
     return score_fn
+
+
+# --------------------------------------------------------------------------- conditional generation (chapter 6)
+#
+# Moved from companion.conditional, which keeps only guidance: the losses that train a
+# time-dependent classifier and a class-conditional score model. The batch is a pair
+# ``(x0, y)``, so companion.training.fit trains them when its ``data`` is a function
+# ``sample(key, n) -> (x0, y)``.
+
+
+def classifier_loss(sde: LinearSDE, *, eps: float = 1e-3) -> Callable:
+    """Cross-entropy of a time-dependent classifier on noisy inputs: ``loss(model, (x0, y), key)``.
+
+    ``model(x, t) -> logits (n, K)``, ``x0`` of shape ``(n, *dims)`` and ``y`` int labels
+    ``(n,)``. Per sample: ``t ~ U(eps, T)``, ``x_t ~ p_0t(. | x_0)`` (the forward kernel)
+    and ``-log softmax(model(x_t, t))[y]``; the mean over the batch, a scalar. Minimising it
+    over all t fits p_t(y | x) at every noise level at once: its minimiser is the Bayes
+    classifier of Eq. eq-bayes-classifier (chapter 6). ``eps`` defaults to the samplers'
+    cut-off (``companion.sampling.DEFAULT_EPS``), the smallest time guidance is used at.
+    """
+    eps = check_cutoff(sde, eps)
+
+    def loss(model, batch, key):
+        x0, y = batch
+        k_t, k_x = jax.random.split(key)
+        t = jax.random.uniform(k_t, x0.shape[:1], x0.dtype, minval=eps, maxval=sde.T)
+        x_t, _ = sde.perturb(k_x, x0, t)
+        log_p = jax.nn.log_softmax(model(x_t, t), axis=-1)
+        return -jnp.mean(jnp.take_along_axis(log_p, jnp.asarray(y)[:, None], axis=-1)[:, 0])
+
+    return loss
+
+
+def label_dropout_loss(sde: LinearSDE, null_label: int, *, p_uncond: float = 0.2, weighting: str = "sigma2",
+                       eps: float = 1e-5) -> Callable:
+    """Denoising score matching of a class-conditional model with label dropout: ``loss(model, (x0, y), key)``.
+
+    ``model(x, t, y)`` (e.g. :class:`companion.nets.ClassConditionalMLP`), ``x0`` of shape
+    ``(n, *dims)`` and ``y`` int labels ``(n,)``. Each sample's label is replaced by
+    ``null_label`` with probability ``p_uncond``, and the loss, a scalar, is
+    :func:`denoising_score_matching` of ``model(., ., y)`` (Eq. eq-dsm, chapter 4): its
+    minimiser is the score of p_t(x | y) for a label and that of p_t(x) for the null
+    label, the two scores classifier-free guidance mixes (Ho and Salimans 2022;
+    :func:`companion.conditional.classifier_free`).
+    """
+    if not 0.0 < p_uncond < 1.0:
+        raise ValueError(f"p_uncond: expected a probability in (0, 1), got {p_uncond!r}")
+    dsm = denoising_score_matching(sde, weighting=weighting, eps=eps)
+
+    def loss(model, batch, key):
+        x0, y = batch
+        k_drop, k_dsm = jax.random.split(key)
+        drop = jax.random.bernoulli(k_drop, p_uncond, y.shape)
+        y = jnp.where(drop, null_label, y)
+        return dsm(lambda x, t: model(x, t, y), x0, k_dsm)
+
+    return loss

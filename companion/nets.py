@@ -230,7 +230,7 @@ class ClassConditionalMLP(nnx.Module):
     ``n_classes`` (:attr:`null_label`) means "no label", so one network is both the
     conditional score s(x, t | y) and the unconditional one s(x, t), as classifier-free
     guidance needs (Ho and Salimans 2022; trained with label dropout by
-    :func:`companion.conditional.label_dropout_loss`). Same arguments as
+    :func:`companion.losses.label_dropout_loss`). Same arguments as
     :class:`ScoreMLP`, plus ``n_classes``.
     """
 

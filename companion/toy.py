@@ -9,12 +9,21 @@ responsibility-weighted average of the component scores,
 
 computed with Cholesky factors and triangular solves (no explicit inverse) and a
 log-sum-exp, so it stays finite in float32 far from every mode.
+
+The exact references of conditional generation (chapter 6), the components being the
+classes: :meth:`GaussianMixture.component` (p(x | y), one component),
+:func:`exact_classifier` (the Bayes classifier p_t(y | x) of Eq. eq-bayes-classifier,
+as logits) and :meth:`GaussianMixture.condition` (p(x_u | x_o), again a Gaussian
+mixture). Chapter 8's :func:`exact_velocity` is the exact marginal velocity of a
+Gaussian probability path started from a mixture.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import numbers
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +32,15 @@ from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import logsumexp
 
 from companion.sde import LinearSDE, ScoreFn, check_time
+
+__all__ = [
+    "GaussianMixture",
+    "exact_score",
+    "exact_classifier",
+    "exact_velocity",
+    "two_gaussians_1d",
+    "four_gaussians_2d",
+]
 
 
 def _is_traced(*arrays) -> bool:
@@ -67,6 +85,24 @@ def _sample(key, means, chol, weights, n):
     labels = jax.random.categorical(k_label, jnp.log(weights), shape=(n,))
     z = jax.random.normal(k_noise, (n, means.shape[1]), means.dtype)
     return means[labels] + jnp.einsum("nij,nj->ni", chol[labels], z), labels
+
+
+def _observed_index(observed, d: int) -> np.ndarray:
+    """The observed coordinates of :meth:`GaussianMixture.condition`, sorted, from a mask or a list."""
+    observed = np.asarray(observed)
+    if observed.dtype == bool:
+        if observed.shape != (d,):
+            raise ValueError(f"observed: a boolean mask must have shape ({d},), got {observed.shape}")
+        idx = np.flatnonzero(observed)
+    elif np.issubdtype(observed.dtype, np.integer) and observed.ndim == 1:
+        idx = observed
+        if np.any(idx < 0) or np.any(idx >= d) or len(set(idx.tolist())) != idx.size:
+            raise ValueError(f"observed: expected distinct coordinates in 0..{d - 1}, got {idx.tolist()}")
+    else:
+        raise TypeError(f"observed: expected a boolean mask ({d},) or a list of coordinates, got {observed!r}")
+    if not 0 < idx.size < d:
+        raise ValueError(f"observed: expected between 1 and {d - 1} observed coordinates, got {idx.size}")
+    return np.sort(idx)
 
 
 @jax.tree_util.register_pytree_node_class
@@ -128,27 +164,29 @@ class GaussianMixture:
             raise ValueError(f"x: expected shape (n, {self.dim}), got {x.shape}")
         return x
 
-    def sample(self, key, n: int, *, return_labels: bool = False):
+    def sample(
+        self, key: jax.Array, n: int, *, return_labels: bool = False
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
         """``n`` samples, shape ``(n, d)`` (and their component labels ``(n,)`` if asked)."""
         x, labels = _sample(key, self.means, self.chol, self.weights, n)
         return (x, labels) if return_labels else x
 
-    def log_prob(self, x):
+    def log_prob(self, x: jax.Array) -> jax.Array:
         """log p(x), shape ``(n,)``."""
         x = self._check_points(x)
         return _batch_log_prob_and_score(x, self.means, self.chol, self.weights)[0]
 
-    def score(self, x):
+    def score(self, x: jax.Array) -> jax.Array:
         """grad_x log p(x), shape ``(n, d)``."""
         x = self._check_points(x)
         return _batch_log_prob_and_score(x, self.means, self.chol, self.weights)[1]
 
-    def responsibilities(self, x):
+    def responsibilities(self, x: jax.Array) -> jax.Array:
         """p(component k | x), shape ``(n, K)``: the exact classifier of chapter 6."""
         x = self._check_points(x)
         return _batch_responsibilities(x, self.means, self.chol, self.weights)
 
-    def perturbed(self, sde: LinearSDE, t) -> "GaussianMixture":
+    def perturbed(self, sde: LinearSDE, t: float | jax.Array) -> GaussianMixture:
         """The exact marginal p_t of data from this mixture under ``sde``, at a scalar ``t``."""
         if jnp.ndim(t) != 0:
             raise ValueError(f"t: expected a scalar, got shape {jnp.shape(t)}; use exact_score for per-sample t")
@@ -156,6 +194,54 @@ class GaussianMixture:
         m, s = sde.mean_coefficient(t), sde.kernel_std(t)
         eye = jnp.eye(self.dim, dtype=self.covs.dtype)
         return GaussianMixture(m * self.means, m**2 * self.covs + s**2 * eye, self.weights)
+
+    def component(self, k: int) -> GaussianMixture:
+        """Component ``k`` alone, as a one-component mixture (weight 1).
+
+        With the components as classes this is p(x | y = k) (chapter 6); its exact score
+        under an SDE, ``exact_score(mix.component(k), sde)``, is the reference for
+        class-conditional sampling.
+        """
+        if isinstance(k, bool) or not isinstance(k, (numbers.Integral, np.integer)):
+            raise TypeError(f"k: expected an int component (class) label, got {type(k).__name__}")
+        if not 0 <= k < self.n_components:
+            raise ValueError(f"k: expected a component in 0..{self.n_components - 1}, got {k}")
+        k = int(k)
+        return GaussianMixture(self.means[k : k + 1], self.covs[k : k + 1], jnp.ones((1,), self.weights.dtype))
+
+    def condition(self, x_observed: jax.Array, observed) -> GaussianMixture:
+        """p(x_u | x_o = ``x_observed``): the exact conditional, a mixture over the other coordinates.
+
+        Component k keeps its Gaussian conditional (Schur complement; Eq.
+        eq-gaussian-conditional, chapter 6), mean mu_u + S_uo S_oo^{-1} (x_o - mu_o) and
+        covariance S_uu - S_uo S_oo^{-1} S_ou, and its weight becomes
+        w_k N(x_o; mu_k,o, S_k,oo) / sum_j w_j N(x_o; mu_j,o, S_j,oo).
+
+        Args:
+            x_observed: the observed values, shape ``(d_o,)``, in increasing coordinate order.
+            observed: the observed coordinates, a boolean mask of shape ``(d,)`` or a list of
+                indices; the result is over the others, in increasing order (dimension
+                ``d - d_o``, ``K`` components).
+        """
+        o = _observed_index(observed, self.dim)
+        u = np.setdiff1d(np.arange(self.dim), o)
+        x_o = jnp.asarray(x_observed, dtype=self.means.dtype)
+        if x_o.shape != (o.size,):
+            raise ValueError(
+                f"x_observed: expected shape ({o.size},) for {o.size} observed coordinates, got {x_o.shape}")
+        mu_o, mu_u = self.means[:, o], self.means[:, u]
+        s_oo = self.covs[:, o][:, :, o]
+        s_uo = self.covs[:, u][:, :, o]
+        s_uu = self.covs[:, u][:, :, u]
+        chol = jnp.linalg.cholesky(s_oo)
+        # log w_k N(x_o; mu_k,o, S_k,oo) for every k: the responsibilities of the observed part
+        log_joint, _ = _component_terms(x_o, mu_o, chol, jnp.log(self.weights))
+        weights = jnp.exp(log_joint - logsumexp(log_joint))
+        gain = jnp.swapaxes(jnp.linalg.solve(s_oo, jnp.swapaxes(s_uo, -1, -2)), -1, -2)  # S_uo S_oo^{-1}
+        means = mu_u + jnp.einsum("kij,kj->ki", gain, x_o - mu_o)
+        covs = s_uu - jnp.einsum("kij,kjl->kil", gain, jnp.swapaxes(s_uo, -1, -2))
+        covs = 0.5 * (covs + jnp.swapaxes(covs, -1, -2))
+        return GaussianMixture(means, covs, weights / jnp.sum(weights))
 
     def __repr__(self):
         return f"GaussianMixture(K={self.n_components}, d={self.dim})"
@@ -197,6 +283,31 @@ def exact_score(mix: GaussianMixture, sde: LinearSDE) -> ScoreFn:
     return score_fn
 
 
+def exact_classifier(mix: GaussianMixture, sde: LinearSDE) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """The Bayes classifier of p_t, the components as classes: ``classifier(x, t) -> logits (n, K)``.
+
+    ``x`` has shape ``(n, d)`` and ``t`` is a scalar or ``(n,)``. The logits are
+    log w_k + log N(x; m(t) mu_k, m(t)^2 Sigma_k + s(t)^2 I) (Eq. eq-bayes-classifier,
+    chapter 6), so their softmax is ``mix.perturbed(sde, t).responsibilities(x)``: the
+    reference for the learned time-dependent classifiers of chapter 6.
+    """
+    eye = jnp.eye(mix.dim, dtype=mix.covs.dtype)
+    log_w = jnp.log(mix.weights)
+
+    def one(xi, ti):
+        m, s = sde.mean_coefficient(ti), sde.kernel_std(ti)
+        chol = jnp.linalg.cholesky(m**2 * mix.covs + s**2 * eye)
+        return _component_terms(xi, m * mix.means, chol, log_w)[0]
+
+    def classifier(x, t):
+        x = mix._check_points(x)
+        check_time(t, sde.T, allow_zero=False)
+        t = jnp.broadcast_to(jnp.asarray(t, dtype=x.dtype), (x.shape[0],))
+        return jax.vmap(one)(x, t).astype(x.dtype)
+
+    return classifier
+
+
 # --------------------------------------------------------------------------- the course's data sets
 
 
@@ -219,7 +330,7 @@ def four_gaussians_2d() -> GaussianMixture:
 # --------------------------------------------------------------------------- flow matching (chapter 8)
 
 
-def exact_velocity(mix: GaussianMixture, path):
+def exact_velocity(mix: GaussianMixture, path) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """The exact marginal velocity of the Gaussian ``path`` started from ``mix``, as
     ``velocity(x, t)`` with ``x`` ``(n, d)`` and ``t`` a scalar or ``(n,)`` in [0, 1].
 

@@ -22,7 +22,7 @@ density of the dequantised data and its bits per dimension are those of the digi
   matching with the *likelihood weighting* g(t)^2 and importance sampling of t (Song, Durkan et al. 2021; :func:`companion.losses.denoising_score_matching`),
   Adam with warm-up and cosine decay, EMA of the weights.
 * Classifier: :class:`companion.nets.TimeClassifier` on the flattened image, trained with
-  the cross-entropy of :func:`companion.conditional.classifier_loss` on x(t) from the
+  the cross-entropy of :func:`companion.losses.classifier_loss` on x(t) from the
   forward kernel, for classifier guidance.
 """
 
@@ -38,7 +38,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from companion import conditional, data, losses, nets, training
+from companion import data, losses, nets, training
 from companion.sde import VP
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
@@ -147,7 +147,7 @@ def train_classifier(*, seed: int = 0, progress: bool = True, **overrides):
     cfg = {**CLASSIFIER_TRAINING, **overrides}
     levels, labels = data.load_digits("train", seed=0)
     return training.fit(
-        classifier(seed), conditional.classifier_loss(SDE), _sampler(levels, labels), steps=cfg["steps"],
+        classifier(seed), losses.classifier_loss(SDE), _sampler(levels, labels), steps=cfg["steps"],
         batch_size=cfg["batch_size"], key=jax.random.key(seed + 2),
         optimizer=_optimizer(cfg["steps"], cfg["learning_rate"], cfg["warmup_steps"]),
         steps_per_call=250, progress=progress,

@@ -1,5 +1,8 @@
-"""companion.conditional: guidance, classifier-free mixing, the classifier loss, imputation
-and the exact references for Gaussian mixtures."""
+"""companion.conditional: classifier guidance, classifier-free mixing and imputation.
+
+The exact references they are checked against (the class mixture, the Bayes classifier,
+the conditional mixture) are tested in test_toy.py, the classifier and label-dropout
+losses in test_losses.py."""
 
 import jax
 import jax.numpy as jnp
@@ -21,75 +24,6 @@ def mix():
     return toy.four_gaussians_2d()
 
 
-def _random_mixture(key, K=3, d=3):
-    k1, k2, k3 = jax.random.split(key, 3)
-    a = jax.random.normal(k2, (K, d, d))
-    covs = a @ jnp.swapaxes(a, -1, -2) + 0.3 * jnp.eye(d)
-    weights = jax.nn.softmax(jax.random.normal(k3, (K,)))
-    return toy.GaussianMixture(2 * jax.random.normal(k1, (K, d)), covs, weights / weights.sum())
-
-
-# --------------------------------------------------------------------------- exact references
-
-
-@pytest.mark.parametrize("observed", [[1], [0, 2], np.array([True, False, False])])
-def test_mixture_conditional_is_the_joint_divided_by_the_marginal(observed):
-    """log p(x) - log p(x_u | x_o) must not depend on x_u: it is log p(x_o)."""
-    m = _random_mixture(jax.random.key(0))
-    o = np.flatnonzero(observed) if np.asarray(observed).dtype == bool else np.asarray(observed)
-    u = np.setdiff1d(np.arange(3), o)
-    x_o = jnp.linspace(-0.5, 0.7, o.size)
-    cond = C.mixture_conditional(m, x_o, observed)
-    assert cond.dim == u.size and cond.n_components == 3
-    np.testing.assert_allclose(float(cond.weights.sum()), 1.0, rtol=1e-6)
-    x_u = 1.5 * jax.random.normal(jax.random.key(1), (7, u.size))
-    full = jnp.zeros((7, 3)).at[:, u].set(x_u).at[:, o].set(x_o)
-    diff = np.asarray(m.log_prob(full) - cond.log_prob(x_u))
-    np.testing.assert_allclose(diff, diff[0], atol=2e-5)
-    # and that constant is log p(x_o): the marginal of o is a mixture of the o-blocks
-    marg = toy.GaussianMixture(m.means[:, o], m.covs[:, o][:, :, o], m.weights)
-    np.testing.assert_allclose(diff[0], float(marg.log_prob(x_o[None])[0]), atol=2e-5)
-
-
-def test_mixture_conditional_of_the_course_mixture(mix):
-    """Four equal corners: given x_1 = 2, x_2 is 0.5 N(-2, 0.25) + 0.5 N(2, 0.25)."""
-    cond = C.mixture_conditional(mix, jnp.array([2.0]), [0])
-    keep = np.asarray(cond.weights) > 1e-6
-    np.testing.assert_allclose(np.asarray(cond.weights)[keep], [0.5, 0.5], atol=1e-6)
-    np.testing.assert_allclose(np.asarray(cond.means)[keep, 0], [-2.0, 2.0], atol=1e-6)
-    np.testing.assert_allclose(np.asarray(cond.covs)[:, 0, 0], 0.25, atol=1e-6)
-
-
-@pytest.mark.parametrize("observed, x_o, match", [
-    ([], [], "observed"), ([0, 1], [1.0, 2.0], "observed"), ([0, 0], [1.0, 1.0], "distinct"),
-    ([5], [1.0], "coordinates"), ([0], [1.0, 2.0], "x_observed"), ("a", [1.0], "observed"),
-])
-def test_mixture_conditional_rejects_bad_input(mix, observed, x_o, match):
-    with pytest.raises((ValueError, TypeError), match=match):
-        C.mixture_conditional(mix, jnp.asarray(x_o), observed)
-
-
-def test_exact_classifier_is_the_perturbed_responsibilities(mix, sde):
-    x = mix.sample(jax.random.key(0), 50) * 1.3
-    clf = C.exact_classifier(mix, sde)
-    for t in (1e-3, 0.3, 1.0):
-        np.testing.assert_allclose(jax.nn.softmax(clf(x, t)), mix.perturbed(sde, t).responsibilities(x), atol=1e-6)
-    # per-sample times: row i uses t_i
-    ts = jnp.linspace(0.05, 1.0, 50)
-    per = jax.nn.softmax(clf(x, ts))
-    np.testing.assert_allclose(per[7], mix.perturbed(sde, ts[7]).responsibilities(x[7:8])[0], atol=1e-6)
-
-
-def test_class_mixture(mix):
-    c = C.class_mixture(mix, 2)
-    np.testing.assert_array_equal(c.means, mix.means[2:3])
-    assert float(c.weights[0]) == 1.0
-    with pytest.raises(ValueError, match="y"):
-        C.class_mixture(mix, 4)
-    with pytest.raises(TypeError, match="y"):
-        C.class_mixture(mix, 1.0)
-
-
 # --------------------------------------------------------------------------- guidance
 
 
@@ -103,11 +37,11 @@ def test_guidance_with_the_bayes_classifier_is_the_class_score(mix, make_sde):
     for t in (0.05, 0.5):
         xt = sde.perturb(jax.random.key(2), x, jnp.full(64, t))[0]
         for y in (0, 3):
-            cls = toy.exact_score(C.class_mixture(mix, y), sde)
-            guided = C.guided_score(score, C.exact_classifier(mix, sde), y, 1.0)
+            cls = toy.exact_score(mix.component(y), sde)
+            guided = C.guided_score(score, toy.exact_classifier(mix, sde), y, 1.0)
             scale = float(jnp.max(jnp.abs(cls(xt, t)))) + 1.0
             np.testing.assert_allclose(guided(xt, t), cls(xt, t), atol=2e-5 * scale)
-            g3 = C.guided_score(score, C.exact_classifier(mix, sde), y, 3.0)
+            g3 = C.guided_score(score, toy.exact_classifier(mix, sde), y, 3.0)
             np.testing.assert_allclose(g3(xt, t), C.classifier_free(cls, score, 3.0)(xt, t), atol=5e-5 * scale)
 
 
@@ -125,7 +59,7 @@ def test_classifier_grad_of_a_linear_classifier():
 
 def test_guidance_rejects_bad_arguments(mix, sde):
     score = toy.exact_score(mix, sde)
-    clf = C.exact_classifier(mix, sde)
+    clf = toy.exact_classifier(mix, sde)
     with pytest.raises(ValueError, match="scale"):
         C.guided_score(score, clf, 0, -1.0)
     with pytest.raises(TypeError, match="score_fn"):
@@ -146,7 +80,7 @@ def test_guided_samples_fall_in_their_class(mix, sde):
     (the Bayes error of the corners is 3e-5; the sampler's discretisation adds a little)."""
     n = 1000
     for y in (0, 2):
-        guided = C.guided_score(toy.exact_score(mix, sde), C.exact_classifier(mix, sde), y, 1.0)
+        guided = C.guided_score(toy.exact_score(mix, sde), toy.exact_classifier(mix, sde), y, 1.0)
         x, nfe = sampling.euler_maruyama(sde, guided, jax.random.key(y), (n, 2), n_steps=200)
         assert nfe == 200
         labels = np.argmax(np.asarray(mix.responsibilities(x)), axis=1)
@@ -160,7 +94,7 @@ def test_guidance_scale_sharpens_the_classifier(mix, sde):
     overlap, guided samples from scale 4 are classified as y by the Bayes classifier more
     often than those of scale 1."""
     score = toy.exact_score(mix, sde)
-    clf = C.exact_classifier(mix, sde)
+    clf = toy.exact_classifier(mix, sde)
     rates = []
     for scale in (1.0, 4.0):
         x, _ = sampling.euler_maruyama(sde, C.guided_score(score, clf, 1, scale), jax.random.key(0), (500, 2),
@@ -169,19 +103,55 @@ def test_guidance_scale_sharpens_the_classifier(mix, sde):
     assert rates[1] > rates[0] + 0.1
 
 
-# --------------------------------------------------------------------------- the classifier loss
+def test_guided_scores_are_pytrees_one_compiled_sampler_for_every_scale_label_and_model(mix, sde):
+    """The guided scores are pytree callables with the scale, the labels and the models'
+    weights as leaves (issue 14): sampling again with another scale, label or model of
+    the same architecture compiles nothing new (the score is traced only once) and uses
+    the new values, the same samples as a closure with them as constants."""
+    from flax import nnx
 
+    from companion import nets
 
-def test_classifier_loss(mix, sde):
-    loss = C.classifier_loss(sde)
-    batch = mix.sample(jax.random.key(0), 2000, return_labels=True)
-    uniform = lambda x, t: jnp.zeros((x.shape[0], 4))
-    np.testing.assert_allclose(float(loss(uniform, batch, jax.random.key(1))), np.log(4), rtol=1e-6)
-    # the Bayes classifier of p_t is the minimiser: it beats the uniform guess clearly
-    bayes = float(loss(C.exact_classifier(mix, sde), batch, jax.random.key(1)))
-    assert 0.0 < bayes < np.log(4) - 0.3
-    with pytest.raises(ValueError, match="eps"):
-        C.classifier_loss(sde, eps=0.0)
+    traces = []
+
+    class Counting(nnx.Module):  # records every trace of the score inside the sampler
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __call__(self, x, t):
+            traces.append(1)
+            return self.inner(x, t)
+
+    def run(score):
+        return sampling.euler_maruyama(sde, score, jax.random.key(0), (64, 2), n_steps=10)[0]
+
+    clf = toy.exact_classifier(mix, sde)
+    exact = Counting(toy.exact_score(mix, sde))  # a plain function inside: static, as before
+    x1 = run(C.guided_score(exact, clf, 1, 1.0))
+    n = len(traces)
+    assert n > 0
+    x4 = run(C.guided_score(exact, clf, 1, 4.0))
+    x2 = run(C.guided_score(exact, clf, 2, 1.0))
+    assert len(traces) == n, "a new guidance scale or label recompiled the sampler"
+    cls1 = toy.exact_score(mix.component(1), sde)  # one function object: static, reused
+    free = run(C.classifier_free(cls1, exact, 3.0))
+    n = len(traces)
+    free2 = run(C.classifier_free(cls1, exact, 2.0))
+    assert len(traces) == n, "a new classifier-free scale recompiled the sampler"
+    assert not np.allclose(x1, x4) and not np.allclose(x1, x2) and not np.allclose(free, free2)
+    closure = lambda x, t: exact(x, t) + 4.0 * C.classifier_grad(clf, 1)(x, t)
+    np.testing.assert_allclose(x4, run(closure), rtol=1e-5, atol=1e-5)
+    # models: the weights are traced, so a second model and classifier reuse the program
+    models = [Counting(nets.ScoreMLP(2, hidden=16, depth=2, sde=sde, rngs=nnx.Rngs(i))) for i in (1, 2)]
+    clfs = [nets.TimeClassifier(2, 4, hidden=16, depth=2, rngs=nnx.Rngs(i)) for i in (3, 4)]
+    y = jnp.repeat(jnp.arange(4), 16)
+    a = run(C.guided_score(models[0], clfs[0], y, 1.0))
+    n = len(traces)
+    b = run(C.guided_score(models[1], clfs[1], y, 3.0))
+    assert len(traces) == n, "a second model of the same architecture recompiled the sampler"
+    assert not np.allclose(a, b)
+    constants = lambda x, t: models[1](x, t) + 3.0 * C.classifier_grad(clfs[1], y)(x, t)
+    np.testing.assert_allclose(b, run(constants), rtol=1e-4, atol=1e-4)
 
 
 # --------------------------------------------------------------------------- imputation
@@ -199,7 +169,7 @@ def test_imputation_matches_the_exact_conditional(mix, sde):
         assert nfe == 200
         np.testing.assert_array_equal(np.asarray(x[:, 0]), x1)  # known part returned exactly
         x2 = np.asarray(x[:, 1])
-        cond = C.mixture_conditional(mix, jnp.array([x1]), [0])
+        cond = mix.condition(jnp.array([x1]), [0])
         w_up = float(cond.weights[np.asarray(cond.means[:, 0]) > 0].sum())
         se = np.sqrt(w_up * (1 - w_up) / n)  # binomial standard error of the fraction above 0
         assert abs(np.mean(x2 > 0) - w_up) < 4 * se
@@ -233,31 +203,3 @@ def test_impute_rejects_bad_arguments(mix, sde, kwargs, match):
     x_known, mask = args.pop("x_known"), args.pop("mask")
     with pytest.raises((ValueError, TypeError), match=match):
         C.impute(sde, toy.exact_score(mix, sde), jax.random.key(0), x_known, mask, **args)
-
-
-# --------------------------------------------------------------------------- classifier-free training
-
-
-def test_label_dropout_loss_drops_labels_and_is_dsm(mix, sde):
-    """A model that ignores y gets plain denoising score matching; a model that uses y is
-    scored with each label replaced by the null label at rate p_uncond."""
-    from companion import losses
-
-    x0, y = mix.sample(jax.random.key(0), 4000, return_labels=True)
-    exact = toy.exact_score(mix, sde)
-    key = jax.random.key(1)
-    k_drop, k_dsm = jax.random.split(key)
-    dsm = losses.denoising_score_matching(sde)
-    loss = C.label_dropout_loss(sde, null_label=4, p_uncond=0.25)
-    np.testing.assert_allclose(float(loss(lambda x, t, lab: exact(x, t), (x0, y), key)),
-                               float(dsm(exact, x0, k_dsm)), rtol=1e-5)
-    uses_y = lambda x, t, lab: exact(x, t) * (1.0 + 0.1 * lab[:, None])
-    dropped = jnp.where(jax.random.bernoulli(k_drop, 0.25, y.shape), 4, y)
-    assert abs(float(jnp.mean(dropped == 4)) - 0.25) < 4 * np.sqrt(0.25 * 0.75 / 4000)
-    np.testing.assert_allclose(float(loss(uses_y, (x0, y), key)),
-                               float(dsm(lambda x, t: uses_y(x, t, dropped), x0, k_dsm)), rtol=1e-5)
-    # and not the loss with the labels kept: the dropout changes the value
-    kept = float(dsm(lambda x, t: uses_y(x, t, y), x0, k_dsm))
-    assert abs(float(loss(uses_y, (x0, y), key)) - kept) > 1e-3 * abs(kept)
-    with pytest.raises(ValueError, match="p_uncond"):
-        C.label_dropout_loss(sde, 4, p_uncond=1.0)

@@ -294,3 +294,62 @@ def test_flow_matching_bad_options():
         losses.flow_matching(paths.Rectified(), eps=0.0)
     with pytest.raises(TypeError, match="path"):
         losses.velocity_from_score(VP, lambda x, t: x)
+
+
+# --------------------------------------------------------------------------- conditional generation (chapter 6)
+
+
+def test_classifier_loss():
+    """log K for a uniform classifier; the Bayes classifier of p_t does clearly better."""
+    mix = toy.four_gaussians_2d()
+    loss = losses.classifier_loss(VP)
+    batch = mix.sample(jax.random.key(0), 2000, return_labels=True)
+    uniform = lambda x, t: jnp.zeros((x.shape[0], 4))
+    np.testing.assert_allclose(float(loss(uniform, batch, jax.random.key(1))), np.log(4), rtol=1e-6)
+    # the Bayes classifier of p_t is the minimiser: it beats the uniform guess clearly
+    bayes = float(loss(toy.exact_classifier(mix, VP), batch, jax.random.key(1)))
+    assert 0.0 < bayes < np.log(4) - 0.3
+    with pytest.raises(ValueError, match="eps"):
+        losses.classifier_loss(VP, eps=0.0)
+    with pytest.raises(TypeError, match="sde"):
+        losses.classifier_loss("VP")
+
+
+def test_classifier_loss_is_the_cross_entropy_at_the_documented_draws():
+    """t ~ U(eps, T) and x_t from the kernel with k_t, k_x = split(key): the mean of
+    -log softmax(logits)[y], by hand in NumPy for a linear classifier."""
+    W = np.array([[1.0, -0.5, 0.2], [0.3, 0.8, -1.0]])
+    x0, y = X0, jnp.array([0, 2, 1])
+    key = jax.random.key(3)
+    k_t, k_x = jax.random.split(key)
+    t = jax.random.uniform(k_t, (3,), x0.dtype, minval=1e-3, maxval=1.0)
+    xt = np.asarray(VP.perturb(k_x, x0, t)[0], np.float64)
+    logits = xt @ W
+    log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    want = -np.mean(log_p[np.arange(3), np.asarray(y)])
+    got = float(losses.classifier_loss(VP)(lambda x, t: x @ jnp.asarray(W, x.dtype), (x0, y), key))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_label_dropout_loss_drops_labels_and_is_dsm():
+    """A model that ignores y gets plain denoising score matching; a model that uses y is
+    scored with each label replaced by the null label at rate p_uncond."""
+    mix = toy.four_gaussians_2d()
+    x0, y = mix.sample(jax.random.key(0), 4000, return_labels=True)
+    exact = toy.exact_score(mix, VP)
+    key = jax.random.key(1)
+    k_drop, k_dsm = jax.random.split(key)
+    dsm = losses.denoising_score_matching(VP)
+    loss = losses.label_dropout_loss(VP, null_label=4, p_uncond=0.25)
+    np.testing.assert_allclose(float(loss(lambda x, t, lab: exact(x, t), (x0, y), key)),
+                               float(dsm(exact, x0, k_dsm)), rtol=1e-5)
+    uses_y = lambda x, t, lab: exact(x, t) * (1.0 + 0.1 * lab[:, None])
+    dropped = jnp.where(jax.random.bernoulli(k_drop, 0.25, y.shape), 4, y)
+    assert abs(float(jnp.mean(dropped == 4)) - 0.25) < 4 * np.sqrt(0.25 * 0.75 / 4000)
+    np.testing.assert_allclose(float(loss(uses_y, (x0, y), key)),
+                               float(dsm(lambda x, t: uses_y(x, t, dropped), x0, k_dsm)), rtol=1e-5)
+    # and not the loss with the labels kept: the dropout changes the value
+    kept = float(dsm(lambda x, t: uses_y(x, t, y), x0, k_dsm))
+    assert abs(float(loss(uses_y, (x0, y), key)) - kept) > 1e-3 * abs(kept)
+    with pytest.raises(ValueError, match="p_uncond"):
+        losses.label_dropout_loss(VP, 4, p_uncond=1.0)

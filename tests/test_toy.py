@@ -179,6 +179,86 @@ def test_bad_points_and_times_raise():
         toy.exact_score(mix, SDES[1])(jnp.ones((2, 2)), 1.5)
 
 
+# ------------------------------------------------------------------------------ exact references of chapter 6
+
+
+def _random_mixture(key, K=3, d=3):
+    k1, k2, k3 = jax.random.split(key, 3)
+    a = jax.random.normal(k2, (K, d, d))
+    covs = a @ jnp.swapaxes(a, -1, -2) + 0.3 * jnp.eye(d)
+    weights = jax.nn.softmax(jax.random.normal(k3, (K,)))
+    return toy.GaussianMixture(2 * jax.random.normal(k1, (K, d)), covs, weights / weights.sum())
+
+
+@pytest.mark.parametrize("observed", [[1], [0, 2], np.array([True, False, False])])
+def test_condition_is_the_joint_divided_by_the_marginal(observed):
+    """log p(x) - log p(x_u | x_o) must not depend on x_u: it is log p(x_o)."""
+    m = _random_mixture(jax.random.key(0))
+    o = np.flatnonzero(observed) if np.asarray(observed).dtype == bool else np.asarray(observed)
+    u = np.setdiff1d(np.arange(3), o)
+    x_o = jnp.linspace(-0.5, 0.7, o.size)
+    cond = m.condition(x_o, observed)
+    assert cond.dim == u.size and cond.n_components == 3
+    np.testing.assert_allclose(float(cond.weights.sum()), 1.0, rtol=1e-6)
+    x_u = 1.5 * jax.random.normal(jax.random.key(1), (7, u.size))
+    full = jnp.zeros((7, 3)).at[:, u].set(x_u).at[:, o].set(x_o)
+    diff = np.asarray(m.log_prob(full) - cond.log_prob(x_u))
+    np.testing.assert_allclose(diff, diff[0], atol=2e-5)
+    # and that constant is log p(x_o): the marginal of o is a mixture of the o-blocks
+    marg = toy.GaussianMixture(m.means[:, o], m.covs[:, o][:, :, o], m.weights)
+    np.testing.assert_allclose(diff[0], float(marg.log_prob(x_o[None])[0]), atol=2e-5)
+
+
+def test_condition_on_the_course_mixture():
+    """Four equal corners: given x_1 = 2, x_2 is 0.5 N(-2, 0.25) + 0.5 N(2, 0.25)."""
+    cond = toy.four_gaussians_2d().condition(jnp.array([2.0]), [0])
+    keep = np.asarray(cond.weights) > 1e-6
+    np.testing.assert_allclose(np.asarray(cond.weights)[keep], [0.5, 0.5], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(cond.means)[keep, 0], [-2.0, 2.0], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(cond.covs)[:, 0, 0], 0.25, atol=1e-6)
+
+
+@pytest.mark.parametrize("observed, x_o, match", [
+    ([], [], "observed"), ([0, 1], [1.0, 2.0], "observed"), ([0, 0], [1.0, 1.0], "distinct"),
+    ([5], [1.0], "coordinates"), ([0], [1.0, 2.0], "x_observed"), ("a", [1.0], "observed"),
+])
+def test_condition_rejects_bad_input(observed, x_o, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        toy.four_gaussians_2d().condition(jnp.asarray(x_o), observed)
+
+
+@pytest.mark.parametrize("s", SDES, ids=["VE", "VP", "SubVP"])
+def test_exact_classifier_is_the_perturbed_responsibilities(s):
+    mix = toy.four_gaussians_2d()
+    x = mix.sample(jax.random.key(0), 50) * 1.3
+    clf = toy.exact_classifier(mix, s)
+    for t in (1e-3, 0.3, 1.0):
+        np.testing.assert_allclose(jax.nn.softmax(clf(x, t)), mix.perturbed(s, t).responsibilities(x), atol=1e-6)
+    # per-sample times: row i uses t_i
+    ts = jnp.linspace(0.05, 1.0, 50)
+    per = jax.nn.softmax(clf(x, ts))
+    np.testing.assert_allclose(per[7], mix.perturbed(s, ts[7]).responsibilities(x[7:8])[0], atol=1e-6)
+    with pytest.raises(ValueError, match="x"):
+        clf(jnp.zeros((2, 3)), 0.5)
+    with pytest.raises(ValueError, match="t"):
+        clf(x, 1.5)
+
+
+def test_component():
+    mix = toy.four_gaussians_2d()
+    c = mix.component(2)
+    np.testing.assert_array_equal(c.means, mix.means[2:3])
+    np.testing.assert_array_equal(c.covs, mix.covs[2:3])
+    assert c.n_components == 1 and float(c.weights[0]) == 1.0
+    assert mix.component(np.int64(3)).n_components == 1
+    with pytest.raises(ValueError, match="k"):
+        mix.component(4)
+    with pytest.raises(TypeError, match="k"):
+        mix.component(1.0)
+    with pytest.raises(TypeError, match="k"):
+        mix.component(True)
+
+
 # ------------------------------------------------------------------------------ exact_velocity (chapter 8)
 
 from companion import paths  # noqa: E402

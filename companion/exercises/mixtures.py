@@ -202,7 +202,7 @@ def _diagnose_conditional(mean_got, cov_got, mean, cov, x_o, observed):
         "both go through the observed block's covariance, applied with a linear solve "
         "(jnp.linalg.solve) rather than an explicit inverse (a Schur complement)."
     ),
-    blocked=("companion.conditional:mixture_conditional",),
+    blocked=("companion.toy:GaussianMixture.condition",),
     reference=_gaussian_conditional,
 )
 def _test_gaussian_conditional(fn):
