@@ -58,22 +58,21 @@ __all__ = [
 # --------------------------------------------------------------------------- guidance
 
 
-def _labels(y, n: int) -> jax.Array:
-    """Labels ``y`` (an int or shape ``(n,)``) as an int array of shape ``(n,)``."""
+def _check_labels(y) -> jax.Array:
+    """Class labels ``y`` (an int or one per sample) as an int array."""
     y = jnp.asarray(y)
     if not jnp.issubdtype(y.dtype, jnp.integer):
         raise TypeError(f"y: expected integer class labels, got dtype {y.dtype}")
+    return y
+
+
+def _labels(y, n: int) -> jax.Array:
+    """Labels ``y`` (an int or shape ``(n,)``) as an int array of shape ``(n,)``."""
+    y = _check_labels(y)
     if y.ndim == 0:
         return jnp.broadcast_to(y, (n,))
     if y.shape != (n,):
         raise ValueError(f"y: expected an int or shape ({n},) to match x, got shape {y.shape}")
-    return y
-
-
-def _check_labels(y) -> jax.Array:
-    y = jnp.asarray(y)
-    if not jnp.issubdtype(y.dtype, jnp.integer):
-        raise TypeError(f"y: expected integer class labels, got dtype {y.dtype}")
     return y
 
 
