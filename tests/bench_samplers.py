@@ -1,4 +1,5 @@
-"""Benchmark of the probability flow samplers against score evaluations (not a pytest test).
+"""Benchmark of the probability flow samplers of companion.ode_sampling against score
+evaluations (not a pytest test).
 
     python tests/bench_samplers.py [--n 10000] [--seeds 3]
 
@@ -21,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from companion import metrics, sampling, toy
+from companion import metrics, ode_sampling, toy
 from companion import sde as sdes
 
 
@@ -37,12 +38,12 @@ def main(argv=None) -> int:
     score = toy.exact_score(mix, sde)
     n = args.n
     shape = (n, 2)
-    runs = [("euler_ode", sampling.euler_ode, dict(n_steps=k)) for k in (10, 30, 100)]
-    runs += [("heun (karras, rho=7)", sampling.heun, dict(n_steps=k)) for k in (5, 10, 15, 25)]
-    runs += [("dpm_solver order 1 (DDIM)", sampling.dpm_solver, dict(n_steps=k, order=1)) for k in (10, 30)]
-    runs += [("dpm_solver order 2", sampling.dpm_solver, dict(n_steps=k, order=2)) for k in (10, 20, 30)]
-    runs += [("dpm_solver order 3", sampling.dpm_solver, dict(n_steps=k)) for k in (10, 15, 20, 30)]
-    runs += [("probability_flow (Tsit5)", sampling.probability_flow, dict(rtol=r, atol=r)) for r in (1e-3, 1e-5)]
+    runs = [("euler_ode", ode_sampling.euler_ode, dict(n_steps=k)) for k in (10, 30, 100)]
+    runs += [("heun (karras, rho=7)", ode_sampling.heun, dict(n_steps=k)) for k in (5, 10, 15, 25)]
+    runs += [("dpm_solver order 1 (DDIM)", ode_sampling.dpm_solver, dict(n_steps=k, order=1)) for k in (10, 30)]
+    runs += [("dpm_solver order 2", ode_sampling.dpm_solver, dict(n_steps=k, order=2)) for k in (10, 20, 30)]
+    runs += [("dpm_solver order 3", ode_sampling.dpm_solver, dict(n_steps=k)) for k in (10, 15, 20, 30)]
+    runs += [("probability_flow (Tsit5)", ode_sampling.probability_flow, dict(rtol=r, atol=r)) for r in (1e-3, 1e-5)]
 
     floors, rows = [], {}
     for seed in range(args.seeds):
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
         data = mix.sample(k_data, n)
         sw = lambda x: float(metrics.sliced_wasserstein(k_proj, x, data))
         floors.append(sw(mix.sample(k_data2, n)))
-        ref, _ = sampling.probability_flow(sde, score, k_prior, shape, rtol=1e-7, atol=1e-7)
+        ref, _ = ode_sampling.probability_flow(sde, score, k_prior, shape, rtol=1e-7, atol=1e-7)
         for name, fn, kw in runs:
             t0 = time.perf_counter()
             x, nfe = fn(sde, score, k_prior, shape, **kw)

@@ -1,5 +1,8 @@
-"""companion.sampling: every sampler recovers the data with the exact score; NFE counted
-exactly; arguments validated; one compilation serves every number of steps."""
+"""companion.sampling: every reverse-SDE sampler recovers the data with the exact score;
+NFE counted exactly; the public steps are what the samplers run; arguments validated;
+one compilation serves every number of steps. (The ODE samplers: test_ode_sampling.py.)"""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +10,7 @@ import numpy as np
 import pytest
 from jax.experimental import io_callback
 
-from companion import likelihood, metrics, sampling, sde, toy
+from companion import metrics, ode_sampling, sampling, sde, toy
 
 MIX = toy.four_gaussians_2d()
 SDES = {"VE": sde.VE(sigma_min=0.01, sigma_max=50.0), "VP": sde.VP(), "SubVP": sde.SubVP()}
@@ -25,7 +28,6 @@ SAMPLERS = {
     "euler_maruyama": lambda s, f, k: sampling.euler_maruyama(s, f, k, (N, 2), n_steps=100),
     "reverse_diffusion": lambda s, f, k: sampling.reverse_diffusion(s, f, k, (N, 2), n_steps=100),
     "predictor_corrector": lambda s, f, k: sampling.predictor_corrector(s, f, k, (N, 2), n_steps=50),
-    "probability_flow": lambda s, f, k: sampling.probability_flow(s, f, k, (N, 2), rtol=1e-4, atol=1e-4),
 }
 
 
@@ -79,18 +81,13 @@ def counting(score_fn):
         (lambda s, f: sampling.reverse_diffusion(s, f, jax.random.key(0), (10, 2), n_steps=7), 7),
         (lambda s, f: sampling.predictor_corrector(s, f, jax.random.key(0), (10, 2), n_steps=7, n_corrector=2), 21),
         (lambda s, f: sampling.predictor_corrector(s, f, jax.random.key(0), (10, 2), n_steps=7, n_corrector=0), 7),
-        (lambda s, f: sampling.probability_flow(s, f, jax.random.key(0), (10, 2), rtol=1e-3, atol=1e-3), None),
-        (lambda s, f: sampling.probability_flow(s, f, jax.random.key(0), (10, 2), solver=__import__("diffrax").Heun(),
-                                                rtol=1e-3, atol=1e-3), None),
     ],
 )
 def test_nfe_is_the_exact_number_of_score_evaluations(call, want):
     counted, calls = counting(SCORES["VP"])
     _, nfe = call(SDES["VP"], counted)
     jax.effects_barrier()
-    assert nfe == len(calls)
-    if want is not None:
-        assert nfe == want
+    assert nfe == len(calls) == want
 
 
 def test_the_last_step_adds_no_noise():
@@ -103,10 +100,11 @@ def test_the_last_step_adds_no_noise():
     np.testing.assert_allclose(x, want, rtol=1e-5, atol=1e-6)
 
 
-def test_time_grid():
-    ts = sampling.time_grid(SDES["VE"], 4, 0.2)
+def test_uniform_grid():
+    ts = sampling.uniform_grid(SDES["VE"], 4, 0.2)
     np.testing.assert_allclose(ts, [1.0, 0.8, 0.6, 0.4, 0.2], rtol=1e-6)
-    assert float(sampling.grid_time(SDES["VE"], 4, 4, 0.2)) == pytest.approx(0.2)
+    assert float(sampling.uniform_time(SDES["VE"], 4, 4, 0.2)) == pytest.approx(0.2)
+    np.testing.assert_array_equal(ts, sampling.uniform_time(SDES["VE"], jnp.arange(5.0), 4, 0.2))
 
 
 def test_langevin_step_size():
@@ -155,40 +153,22 @@ def _mlp(seed):
     return nets.ScoreMLP(2, hidden=16, depth=2, sde=SDES["VP"], rngs=nnx.Rngs(seed))
 
 
-@pytest.mark.parametrize("name", ["euler_maruyama", "probability_flow", "dpm_solver", "heun", "euler_ode",
-                                  "log_prob", "sde_bound"])
-def test_two_models_of_one_architecture_compile_once(name):
+def test_two_models_of_one_architecture_compile_once():
     """A model is traced state (weights are arguments, not constants): a second model of
     the same architecture reuses the compiled sampler, and gives its own samples, equal
     to float32 rounding to those of the same model behind a plain (static) function."""
-    call = {
-        "euler_maruyama": (lambda f: sampling.euler_maruyama(SDES["VP"], f, jax.random.key(0), (64, 2), n_steps=20),
-                           sampling._sample_reverse_sde),
-        "probability_flow": (lambda f: sampling.probability_flow(SDES["VP"], f, jax.random.key(0), (64, 2),
-                                                                 rtol=1e-3, atol=1e-3), sampling._solve_flow),
-        "dpm_solver": (lambda f: sampling.dpm_solver(SDES["VP"], f, jax.random.key(0), (64, 2), n_steps=10),
-                       sampling._solve_multistep),
-        "heun": (lambda f: sampling.heun(SDES["VP"], f, jax.random.key(0), (64, 2), n_steps=10),
-                 sampling._solve_heun),
-        "euler_ode": (lambda f: sampling.euler_ode(SDES["VP"], f, jax.random.key(0), (64, 2), n_steps=10),
-                      sampling._euler_flow),
-        "log_prob": (lambda f: (likelihood.log_prob(SDES["VP"], f, DATA[:8], eps=1e-3, rtol=1e-3, atol=1e-3), 0),
-                     likelihood._solve_log_prob),
-        "sde_bound": (lambda f: (likelihood.sde_bound(SDES["VP"], f, DATA[:64], jax.random.key(1), n_t=8), 0),
-                      likelihood._sde_bound),
-    }
-    run, jitted = call[name]
+
+    def run(f):
+        return sampling.euler_maruyama(SDES["VP"], f, jax.random.key(0), (64, 2), n_steps=20)[0]
+
     m1, m2 = _mlp(1), _mlp(2)
-    x1, _ = run(m1)
-    size = jitted._cache_size()
-    x2, _ = run(m2)
-    assert jitted._cache_size() == size  # no new compilation for the second model
+    x1 = run(m1)
+    size = sampling._sample_reverse_sde._cache_size()
+    x2 = run(m2)
+    assert sampling._sample_reverse_sde._cache_size() == size  # no new compilation for the second model
     assert not np.allclose(x1, x2)  # ... and its own weights were used
-    x2_static, _ = run(lambda x, t: m2(x, t))  # weights as compile-time constants
-    # fixed grids: float32 rounding (constant folding differs); the adaptive solver at
-    # rtol 1e-3: a rounding difference can move an accepted step, so to a few times rtol
-    rtol = 3e-3 if name in ("probability_flow", "log_prob") else 1e-4
-    np.testing.assert_allclose(x2, x2_static, rtol=rtol, atol=1e-4)
+    x2_static = run(lambda x, t: m2(x, t))  # weights as compile-time constants
+    np.testing.assert_allclose(x2, x2_static, rtol=1e-4, atol=1e-4)  # float32 rounding (constant folding)
 
 
 def test_unhashable_score_functions_work():
@@ -223,6 +203,7 @@ BAD = [
     (dict(snr=-0.1), "snr"),
     (dict(n_corrector=-1), "n_corrector"),
     (dict(predictor="heun"), "predictor"),
+    (dict(corrector="hmc"), "corrector"),
 ]
 
 
@@ -235,31 +216,17 @@ def test_bad_arguments_raise_value_errors_naming_them(kwargs, arg):
         sampling.predictor_corrector(SDES["VP"], SCORES["VP"], jax.random.key(0), shape, **call)
 
 
-@pytest.mark.parametrize("kwargs, arg", [(dict(rtol=0.0), "rtol"), (dict(atol=-1.0), "atol"), (dict(eps=2.0), "eps"),
-                                         (dict(shape=(0, 2)), "shape")])
-def test_bad_probability_flow_arguments(kwargs, arg):
-    call = dict(shape=(4, 2))
-    call.update(kwargs)
-    shape = call.pop("shape")
-    with pytest.raises(ValueError, match=arg):
-        sampling.probability_flow(SDES["VP"], SCORES["VP"], jax.random.key(0), shape, **call)
-
-
 def test_wrong_types_raise_type_errors():
     with pytest.raises(TypeError, match="sde"):
         sampling.euler_maruyama("VP", SCORES["VP"], jax.random.key(0), (4, 2))
     with pytest.raises(TypeError, match="score_fn"):
         sampling.reverse_diffusion(SDES["VP"], None, jax.random.key(0), (4, 2))
-    with pytest.raises(ValueError, match="solver"):
-        import diffrax
-
-        sampling.probability_flow(SDES["VP"], SCORES["VP"], jax.random.key(0), (4, 2), solver=diffrax.Euler())
 
 
 # ------------------------------------------------------------------ trajectories
 
 
-@pytest.mark.parametrize("stochastic, sampler", [(True, "euler_maruyama"), (False, "euler_ode")])
+@pytest.mark.parametrize("stochastic, sampler", [(True, sampling.euler_maruyama), (False, ode_sampling.euler_ode)])
 def test_trajectory_ends_where_its_sampler_ends(stochastic, sampler):
     """Same steps, same random streams: the last frame is the sampler's output exactly,
     the first a prior sample, and the times run from T down to eps."""
@@ -268,7 +235,7 @@ def test_trajectory_ends_where_its_sampler_ends(stochastic, sampler):
     score = toy.exact_score(mix, vp)
     key = jax.random.key(3)
     ts, frames = sampling.trajectory(vp, score, key, (500, 2), n_steps=60, n_frames=7, stochastic=stochastic)
-    x, _ = getattr(sampling, sampler)(vp, score, key, (500, 2), n_steps=60)
+    x, _ = sampler(vp, score, key, (500, 2), n_steps=60)
     assert frames.shape == (7, 500, 2) and ts.shape == (7,)
     assert jnp.array_equal(frames[-1], x)
     assert float(ts[0]) == pytest.approx(vp.T) and float(ts[-1]) == pytest.approx(sampling.DEFAULT_EPS)
@@ -281,3 +248,70 @@ def test_trajectory_rejects_bad_arguments(kw, match):
     vp = sde.VP()
     with pytest.raises(ValueError, match=match):
         sampling.trajectory(vp, toy.exact_score(toy.four_gaussians_2d(), vp), jax.random.key(0), (10, 2), **kw)
+
+
+# ------------------------------------------------------------------ the step contract
+
+
+def test_the_registries_hold_the_public_steps():
+    assert sampling.PREDICTORS == {"euler_maruyama": sampling.euler_maruyama_step,
+                                   "reverse_diffusion": sampling.reverse_diffusion_step}
+    assert sampling.CORRECTORS == {"langevin": sampling.langevin_step}
+
+
+@pytest.mark.parametrize("name", sampling.PREDICTORS)
+def test_a_predictor_step_is_its_mean_plus_its_noise(name):
+    """x_next - mean is the step's Gaussian noise, drawn from the step's key: its std is
+    g sqrt(h) (Euler-Maruyama) or q (reverse diffusion)."""
+    s, score, key = SDES["VP"], SCORES["VP"], jax.random.key(4)
+    x = DATA[:500]
+    t, t_next = jnp.float32(0.5), jnp.float32(0.45)
+    x_next, mean = sampling.PREDICTORS[name](s, score, x, t, t_next, key)
+    assert x_next.shape == mean.shape == x.shape
+    if name == "euler_maruyama":
+        scale = s.diffusion(t) * jnp.sqrt(t - t_next)
+    else:
+        scale = s.transition(t_next, t)[1]
+    np.testing.assert_allclose((x_next - mean) / scale, jax.random.normal(key, x.shape), rtol=1e-3, atol=1e-3)
+
+
+def test_the_langevin_step_moves_the_mean_along_the_score():
+    s, score, key = SDES["VE"], SCORES["VE"], jax.random.key(5)
+    x, t, t_next, snr = DATA[:500], jnp.float32(0.3), jnp.float32(0.29), 0.16
+    x_next, mean = sampling.langevin_step(s, score, x, t, t_next, key, snr)
+    g = score(x, jnp.full((500,), t))
+    e = sampling.langevin_step_size(g, jax.random.normal(key, x.shape), snr)[:, None]  # VE: alpha = 1
+    np.testing.assert_allclose(mean, x + e * g, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(x_next - mean, jnp.sqrt(2 * e) * jax.random.normal(key, x.shape), rtol=1e-4, atol=1e-6)
+
+
+def test_predictor_corrector_is_the_public_steps_in_reverse_loop():
+    """The sampler is nothing but the registered steps in reverse_loop, with the keys split
+    as documented: written out by hand, the same samples, bit for bit."""
+    s, score, shape = SDES["VE"], SCORES["VE"], (50, 2)
+    want, _ = sampling.predictor_corrector(s, score, jax.random.key(2), shape, n_steps=9, n_corrector=2,
+                                           snr=0.2, predictor="euler_maruyama")
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def by_hand(n_corrector, key, n_steps, eps, snr, per_sample):
+        k_prior, k_loop = jax.random.split(key)
+        x = s.prior_sample(k_prior, shape)
+
+        def step(x, t, t_next, k):
+            keys = jax.random.split(k, n_corrector + 1)
+            for j in range(n_corrector):
+                x, _ = sampling.CORRECTORS["langevin"](s, score, x, t, t_next, keys[j], snr, per_sample)
+            return sampling.PREDICTORS["euler_maruyama"](s, score, x, t, t_next, keys[-1])
+
+        return sampling.reverse_loop(step, s, x, k_loop, n_steps, eps)
+
+    np.testing.assert_array_equal(want, by_hand(2, jax.random.key(2), 9, sampling.DEFAULT_EPS, 0.2, False))
+
+
+def test_probability_flow_is_still_importable_from_sampling():
+    """COURSE.md's contract names sampling.probability_flow; it lives in ode_sampling."""
+    from companion.sampling import probability_flow
+
+    assert probability_flow is sampling.probability_flow is ode_sampling.probability_flow
+    with pytest.raises(AttributeError):
+        sampling.no_such_sampler  # noqa: B018

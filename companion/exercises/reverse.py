@@ -424,3 +424,4 @@ def _test_reverse_sampler_impl(fn):
 )
 def _test_reverse_sampler(fn):
     _test_reverse_sampler_impl(fn)
+        "companion.ode_sampling:probability_flow",
