@@ -31,6 +31,9 @@ __all__ = [
     "traceable",
     "batch_times",
     "norms",
+    "check_x",
+    "check_positive_int",
+    "sq_norms",
 ]
 
 
@@ -166,3 +169,34 @@ def batch_times(x: jax.Array, t: Any) -> jax.Array:
 def norms(v: jax.Array) -> jax.Array:
     """Per-sample Euclidean norms over every non-batch axis of ``v`` ``(n, *dims)``, shape ``(n,)``."""
     return jnp.sqrt(jnp.sum(v.reshape(v.shape[0], -1) ** 2, axis=1))
+
+
+def sq_norms(v: jax.Array) -> jax.Array:
+    """Per-sample squared Euclidean norms over every non-batch axis of ``v`` ``(n, *dims)``,
+    shape ``(n,)``: the ``|| . ||^2`` of the losses, the likelihood bound and straightness."""
+    return jnp.sum(v.reshape(v.shape[0], -1) ** 2, axis=1)
+
+
+# --------------------------------------------------------------------------- checks of data and sizes
+
+
+def check_x(x: Any, name: str = "x") -> jax.Array:
+    """A batch ``(n, *dims)`` of floating-point values as an array; ``ValueError`` for a
+    scalar, ``TypeError`` for another dtype, naming ``name``."""
+    x = jnp.asarray(x)
+    if x.ndim < 1:
+        raise ValueError(f"{name}: expected shape (n, *dims), got a scalar")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{name}: expected a floating-point array, got dtype {x.dtype}")
+    return x
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """A size (layers, widths, steps, batch size): ``TypeError`` unless an int (not a bool),
+    ``ValueError`` unless at least 1, naming ``name``. (:func:`check_int` raises
+    ``ValueError`` for both, the samplers' convention for their step counts.)"""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value}")
+    return int(value)

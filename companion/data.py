@@ -26,10 +26,14 @@ import os
 import struct
 import urllib.request
 from pathlib import Path
+from typing import BinaryIO
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
+
+from companion._common import check_int
 
 DIGITS_LEVELS = 17
 DIGITS_SHAPE = (8, 8, 1)
@@ -58,7 +62,7 @@ __all__ = [
 # --------------------------------------------------------------------------- digits
 
 
-def load_digits(split: str = "train", *, seed: int = 0, n_test: int = 360):
+def load_digits(split: str = "train", *, seed: int = 0, n_test: int = 360) -> tuple[np.ndarray, np.ndarray]:
     """The 8x8 digits as integer levels: ``(levels, labels)``.
 
     Args:
@@ -91,15 +95,14 @@ def load_digits(split: str = "train", *, seed: int = 0, n_test: int = 360):
 
 
 def _check_levels(levels, n_levels):
-    if isinstance(n_levels, bool) or not isinstance(n_levels, (int, np.integer)) or n_levels < 2:
-        raise ValueError(f"n_levels: expected an int >= 2, got {n_levels!r}")
+    check_int("n_levels", n_levels, 2)
     levels = jnp.asarray(levels)
     if levels.ndim < 2:
         raise ValueError(f"levels: expected shape (n, *dims), got {levels.shape}")
     return levels
 
 
-def dequantize(key, levels, n_levels: int = DIGITS_LEVELS):
+def dequantize(key: jax.Array, levels: ArrayLike, n_levels: int = DIGITS_LEVELS) -> jax.Array:
     """Uniformly dequantised data in ``[-1, 1)`` (Eq. eq-digit-scale): ``-1 + 2 (v + u) / L``.
 
     A fresh ``u ~ U[0, 1)`` per entry from ``key``; float32, shaped like ``levels``.
@@ -109,13 +112,13 @@ def dequantize(key, levels, n_levels: int = DIGITS_LEVELS):
     return -1.0 + 2.0 * (levels.astype(jnp.float32) + u) / n_levels
 
 
-def scale(levels, n_levels: int = DIGITS_LEVELS):
+def scale(levels: ArrayLike, n_levels: int = DIGITS_LEVELS) -> jax.Array:
     """The centres of the bins: ``-1 + 2 (v + 1/2) / L`` in ``(-1, 1)``; float32."""
     levels = _check_levels(levels, n_levels)
     return -1.0 + 2.0 * (levels.astype(jnp.float32) + 0.5) / n_levels
 
 
-def to_levels(x, n_levels: int = DIGITS_LEVELS):
+def to_levels(x: ArrayLike, n_levels: int = DIGITS_LEVELS) -> jax.Array:
     """The bin of each value of ``x`` (inverse of :func:`dequantize`), clipped to ``0..L-1``; int32."""
     x = jnp.asarray(x)
     v = jnp.floor((x + 1.0) * n_levels / 2.0)
@@ -136,7 +139,7 @@ def _flat_levels(levels, n_levels):
     return v
 
 
-def pixel_histogram(train_levels, n_levels: int = DIGITS_LEVELS, *, alpha: float = 0.5):
+def pixel_histogram(train_levels: ArrayLike, n_levels: int = DIGITS_LEVELS, *, alpha: float = 0.5) -> np.ndarray:
     """Independent per-pixel categorical distributions: ``probs (D, L)``.
 
     ``probs[i, v]`` is the frequency of level ``v`` at pixel ``i`` in ``train_levels``
@@ -150,8 +153,8 @@ def pixel_histogram(train_levels, n_levels: int = DIGITS_LEVELS, *, alpha: float
     return (counts + alpha) / (len(v) + alpha * n_levels)
 
 
-def fit_categorical_mixture(train_levels, n_components: int, n_levels: int = DIGITS_LEVELS, *,
-                            seed: int = 0, n_iter: int = 50, alpha: float = 0.5):
+def fit_categorical_mixture(train_levels: ArrayLike, n_components: int, n_levels: int = DIGITS_LEVELS, *,
+                            seed: int = 0, n_iter: int = 50, alpha: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """A mixture of ``K`` independent per-pixel categoricals fitted by EM: ``(weights (K,), probs (K, D, L))``.
 
     p(v) = sum_k w_k prod_i probs[k, i, v_i]. EM from random responsibilities (``seed``);
@@ -173,7 +176,8 @@ def fit_categorical_mixture(train_levels, n_components: int, n_levels: int = DIG
     return weights, probs
 
 
-def categorical_mixture_bits(weights, probs, levels, n_levels: int = DIGITS_LEVELS):
+def categorical_mixture_bits(weights: ArrayLike, probs: ArrayLike, levels: ArrayLike,
+                             n_levels: int = DIGITS_LEVELS) -> np.ndarray:
     """Exact bits per dimension, ``-log2 p(v) / D``, of each image of ``levels`` (shape ``(n,)``)
     under the mixture ``(weights (K,), probs (K, D, L))`` of :func:`fit_categorical_mixture`;
     ``weights = [1]`` and ``probs = pixel_histogram(...)[None]`` give the histogram's."""
@@ -198,7 +202,7 @@ _IDX_TYPES = {
 }
 
 
-def read_idx(source) -> np.ndarray:
+def read_idx(source: str | Path | bytes | BinaryIO) -> np.ndarray:
     """Parse an IDX file (the format of MNIST): a path, ``bytes`` or a binary file object.
 
     The format: two zero bytes, a type code (0x08 uint8, 0x09 int8, 0x0B int16, 0x0C int32,
@@ -242,7 +246,8 @@ _MNIST_FILES = {
 }
 
 
-def load_mnist(split: str = "train", *, cache_dir=None, url: str = MNIST_URL):
+def load_mnist(split: str = "train", *, cache_dir: str | Path | None = None,
+               url: str = MNIST_URL) -> tuple[np.ndarray, np.ndarray]:
     """MNIST as integer levels ``(n, 28, 28, 1)`` (0..255, uint8) and labels ``(n,)``.
 
     **Optional, needs the internet once**: the two IDX files of ``split`` are downloaded

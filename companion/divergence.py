@@ -27,7 +27,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from companion.sde import _check_x
+from companion._common import check_x
 
 __all__ = ["BatchFn", "exact_divergence", "hutchinson_divergence", "probes"]
 
@@ -40,7 +40,7 @@ def exact_divergence(fn: BatchFn, x: jax.Array) -> jax.Array:
     ``fn`` maps ``(n, *dims)`` to ``(n, *dims)`` without mixing samples. Fine for small
     ``D`` (toy data, 8x8 images); the cost grows like ``D`` network evaluations.
     """
-    x = _check_x(x)
+    x = check_x(x)
     n, dims = x.shape[0], x.shape[1:]
     D = math.prod(dims)
     basis = jnp.broadcast_to(jnp.eye(D, dtype=x.dtype)[:, None, :], (D, n, D)).reshape((D, n) + dims)
@@ -56,7 +56,7 @@ def hutchinson_divergence(fn: BatchFn, x: jax.Array, v: jax.Array) -> jax.Array:
     probes, averaged). Unbiased when E[v v^T] = I (Rademacher or standard Gaussian
     entries). Returns shape ``(n,)``.
     """
-    x = _check_x(x)
+    x = check_x(x)
     v = jnp.asarray(v, dtype=x.dtype)
     if v.shape == x.shape:
         v = v[None]

@@ -32,11 +32,12 @@ import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from companion import divergence
-from companion._common import traceable
+from companion._common import check_int, check_score_fn, check_x, sq_norms, static, traceable
 from companion.losses import TimeSampler
-from companion.sde import LinearSDE, ScoreFn, _check_x, batch_broadcast, check_cutoff
+from companion.sde import LinearSDE, ScoreFn, batch_broadcast, check_cutoff
 
 __all__ = ["log_prob", "solver_nfe", "bits_per_dim", "nats_to_bits_per_dim", "sde_bound"]
 
@@ -44,10 +45,11 @@ __all__ = ["log_prob", "solver_nfe", "bits_per_dim", "nats_to_bits_per_dim", "sd
 # --------------------------------------------------------------------------- log-likelihood
 
 
-def log_prob(sde: LinearSDE, score_fn: ScoreFn, x, *, key=None, eps: float = 1e-5,
-             rtol: float = 1e-5, atol: float = 1e-5, n_probes: int = 1, probe: str = "rademacher",
-             solver: diffrax.AbstractSolver | None = None, max_steps: int = 8192,
-             prior_log_prob: Callable | None = None, return_stats: bool = False):
+def log_prob(sde: LinearSDE, score_fn: ScoreFn, x: ArrayLike, *, key: jax.Array | None = None,
+             eps: float = 1e-5, rtol: float = 1e-5, atol: float = 1e-5, n_probes: int = 1,
+             probe: str = "rademacher", solver: diffrax.AbstractSolver | None = None, max_steps: int = 8192,
+             prior_log_prob: Callable | None = None,
+             return_stats: bool = False) -> jax.Array | tuple[jax.Array, dict]:
     """log p_eps(x) in nats per sample, shape ``(n,)``, by the probability flow ODE.
 
     Solves (x, Delta) from ``t = eps`` to ``T`` with dx/dt = F (Eq. eq-pf-ode) and
@@ -76,26 +78,24 @@ def log_prob(sde: LinearSDE, score_fn: ScoreFn, x, *, key=None, eps: float = 1e-
     measures it); for VE it is of order ``|x_0| |x_T| / sigma_max^2``.
     """
     eps = check_cutoff(sde, eps)
-    x = _check_x(x)
-    if not callable(score_fn):
-        raise TypeError(f"score_fn: expected a function score_fn(x, t), got {type(score_fn).__name__}")
+    x = check_x(x)
+    check_score_fn(score_fn)
     n, dims = x.shape[0], x.shape[1:]
-    if isinstance(n_probes, bool) or not isinstance(n_probes, int) or n_probes < 1:
-        raise ValueError(f"n_probes: expected a positive int, got {n_probes!r}")
+    n_probes = check_int("n_probes", n_probes, 1)
     if key is None:
         v = jnp.zeros((n, 0), x.dtype)  # unused
     else:
         v = divergence.probes(key, (n, n_probes) + dims, kind=probe, dtype=x.dtype)
     solver = diffrax.Tsit5() if solver is None else solver
     prior = sde.prior_log_prob if prior_log_prob is None else prior_log_prob
-    logp, steps = _solve_log_prob(sde, traceable(score_fn), _Static(prior), solver, key is None, int(max_steps),
+    logp, steps = _solve_log_prob(sde, traceable(score_fn), static(prior), solver, key is None, int(max_steps),
                                   x, v, eps, rtol, atol)
     if return_stats:
         return logp, {"num_steps": steps, "nfe": solver_nfe(solver, steps)}
     return logp
 
 
-def solver_nfe(solver: diffrax.AbstractSolver, num_steps):
+def solver_nfe(solver: diffrax.AbstractSolver, num_steps: ArrayLike) -> ArrayLike:
     """Vector-field evaluations of ``solver`` for ``num_steps`` steps (accepted and rejected).
 
     An explicit Runge-Kutta method with ``k`` stages makes ``k`` evaluations per step, one
@@ -111,31 +111,6 @@ def solver_nfe(solver: diffrax.AbstractSolver, num_steps):
     if isinstance(solver, diffrax.Euler):
         return num_steps
     raise TypeError(f"solver: cannot count the evaluations of {type(solver).__name__}")
-
-
-class _Static:
-    """A callable as a static ``jax.jit`` argument, so that repeated calls with the same score
-    function reuse the compiled solver: compared by equality when the callable is hashable
-    (bound methods such as ``sde.prior_log_prob`` are re-created at every access but compare
-    equal), by identity otherwise."""
-
-    def __init__(self, fn):
-        self.fn = fn
-        try:
-            self._key = ("hash", hash(fn))
-        except TypeError:
-            self._key = ("id", id(fn))
-
-    def __call__(self, *args):
-        return self.fn(*args)
-
-    def __hash__(self):
-        return hash(self._key)
-
-    def __eq__(self, other):
-        if not isinstance(other, _Static) or other._key != self._key:
-            return False
-        return other.fn is self.fn or (self._key[0] == "hash" and bool(other.fn == self.fn))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2, 3, 4, 5))  # score_fn: traced state
@@ -162,8 +137,9 @@ def _solve_log_prob(sde, score_fn, prior, solver, exact, max_steps, x, v, eps, r
     return prior(xT) + delta, steps
 
 
-def bits_per_dim(sde: LinearSDE, score_fn: ScoreFn, x_discrete, *, n_levels: int, key=None,
-                 dequantize_key=None, data_range: tuple[float, float] = (-1.0, 1.0), **kwargs):
+def bits_per_dim(sde: LinearSDE, score_fn: ScoreFn, x_discrete: ArrayLike, *, n_levels: int,
+                 key: jax.Array | None = None, dequantize_key: jax.Array | None = None,
+                 data_range: tuple[float, float] = (-1.0, 1.0), **kwargs) -> jax.Array:
     """Bits per dimension of integer data in ``{0, ..., n_levels - 1}``, shape ``(n,)``.
 
     Uniform dequantisation (Eq. eq-dequantisation, chapter 5): u = (x + U[0, 1)) / n_levels
@@ -180,8 +156,7 @@ def bits_per_dim(sde: LinearSDE, score_fn: ScoreFn, x_discrete, *, n_levels: int
     x_discrete = jnp.asarray(x_discrete)
     if x_discrete.ndim < 2:
         raise ValueError(f"x_discrete: expected shape (n, *dims), got {x_discrete.shape}")
-    if isinstance(n_levels, bool) or not isinstance(n_levels, int) or n_levels < 2:
-        raise ValueError(f"n_levels: expected an int >= 2, got {n_levels!r}")
+    n_levels = check_int("n_levels", n_levels, 2)
     xd = np.asarray(x_discrete)
     if np.any(xd != np.round(xd)) or xd.min() < 0 or xd.max() > n_levels - 1:
         raise ValueError(f"x_discrete: expected integers in [0, {n_levels - 1}], got values in [{xd.min()}, {xd.max()}]")
@@ -196,7 +171,8 @@ def bits_per_dim(sde: LinearSDE, score_fn: ScoreFn, x_discrete, *, n_levels: int
     return nats_to_bits_per_dim(logp, D, n_levels=n_levels, data_range=(lo, hi))
 
 
-def nats_to_bits_per_dim(log_p_continuous, D: int, *, n_levels: int, data_range=(-1.0, 1.0)):
+def nats_to_bits_per_dim(log_p_continuous: ArrayLike, D: int, *, n_levels: int,
+                         data_range: tuple[float, float] = (-1.0, 1.0)) -> jax.Array:
     """Convert a continuous log density of the rescaled data (nats) to discrete bits/dim.
 
     A bin of the discrete data has width (hi - lo) / n_levels in the rescaled space, so
@@ -209,8 +185,9 @@ def nats_to_bits_per_dim(log_p_continuous, D: int, *, n_levels: int, data_range=
 # --------------------------------------------------------------------------- the SDE bound
 
 
-def sde_bound(sde: LinearSDE, score_fn: ScoreFn, x, key, *, n_t: int = 64, eps: float = 1e-5,
-              importance_sampling: bool = True, prior_log_prob: Callable | None = None):
+def sde_bound(sde: LinearSDE, score_fn: ScoreFn, x: ArrayLike, key: jax.Array, *, n_t: int = 64,
+              eps: float = 1e-5, importance_sampling: bool = True,
+              prior_log_prob: Callable | None = None) -> jax.Array:
     """Upper bound on -log p(x) of the reverse-SDE model, in nats per sample, shape ``(n,)``.
 
     The model: x_T from the prior pi, the reverse SDE with ``score_fn`` from T down to
@@ -245,18 +222,16 @@ def sde_bound(sde: LinearSDE, score_fn: ScoreFn, x, key, *, n_t: int = 64, eps: 
     ``n_t`` terms (see ``tests/test_likelihood.py``).
     """
     eps = check_cutoff(sde, eps)
-    x = _check_x(x)
-    if not callable(score_fn):
-        raise TypeError(f"score_fn: expected a function score_fn(x, t), got {type(score_fn).__name__}")
-    if isinstance(n_t, bool) or not isinstance(n_t, int) or n_t < 1:
-        raise ValueError(f"n_t: expected a positive int, got {n_t!r}")
+    x = check_x(x)
+    check_score_fn(score_fn)
+    n_t = check_int("n_t", n_t, 1)
     T = sde.T
     if importance_sampling:
         sampler = TimeSampler(lambda t: sde.diffusion(t) ** 2 / sde.kernel_std(t) ** 2, eps, T)
         grid = (sampler.grid, sampler.cdf, sampler.density)
     else:
         grid = None
-    prior = None if prior_log_prob is None else _Static(prior_log_prob)
+    prior = None if prior_log_prob is None else static(prior_log_prob)
     return _sde_bound(sde, traceable(score_fn), prior, int(n_t), x, key, eps, grid)
 
 
@@ -269,7 +244,6 @@ def _sde_bound(sde, score_fn, prior, n_t, x, key, eps, grid):
     m_eps, s_eps = sde.mean_coefficient(eps), sde.kernel_std(eps)
     m_T, s_T = sde.mean_coefficient(T), sde.kernel_std(T)
     const = -d * jnp.log(m_eps) - d * jnp.log(s_T / s_eps)
-    sq = lambda a: jnp.sum(a.reshape(n, -1) ** 2, axis=1)
 
     def one(carry, k):
         k_t, k_z, k_p = jax.random.split(k, 3)
@@ -291,7 +265,7 @@ def _sde_bound(sde, score_fn, prior, n_t, x, key, eps, grid):
         resid = batch_broadcast(s, x) * score_fn(xt, t) + z
         m = sde.mean_coefficient(t)
         c = (m**2 / (m**2 + s**2)) ** 2
-        term = w * g2 / s**2 * (sq(resid) - c * (sq(z) - d)) / 2
+        term = w * g2 / s**2 * (sq_norms(resid) - c * (sq_norms(z) - d)) / 2
         if prior is not None:
             zT = jax.random.normal(k_p, x.shape, dtype)
             term = term - prior(m_T * x + s_T * zT)
@@ -300,5 +274,5 @@ def _sde_bound(sde, score_fn, prior, n_t, x, key, eps, grid):
     total, _ = jax.lax.scan(one, jnp.zeros((n,), dtype), jax.random.split(key, n_t))
     bound = total / n_t + const
     if prior is None:  # E[-log N(m_T x + s_T z; 0, s_T^2 I)], exact
-        bound = bound + 0.5 * d * jnp.log(2 * jnp.pi * s_T**2) + 0.5 * d + m_T**2 * sq(x) / (2 * s_T**2)
+        bound = bound + 0.5 * d * jnp.log(2 * jnp.pi * s_T**2) + 0.5 * d + m_T**2 * sq_norms(x) / (2 * s_T**2)
     return bound

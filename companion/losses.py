@@ -39,7 +39,25 @@ import jax.numpy as jnp
 import numpy as np
 
 from companion import divergence
-from companion.sde import LinearSDE, _check_x, batch_broadcast, check_cutoff
+from companion._common import check_int, check_x, sq_norms
+from companion.paths import GaussianPath
+from companion.sde import LinearSDE, ScoreFn, batch_broadcast, check_cutoff
+
+__all__ = [
+    "WEIGHTINGS",
+    "weighting_fn",
+    "TimeSampler",
+    "Loss",
+    "denoising_score_matching",
+    "implicit_score_matching",
+    "sliced_score_matching",
+    "fisher_divergence",
+    "flow_matching",
+    "velocity_from_score",
+    "score_from_velocity",
+    "classifier_loss",
+    "label_dropout_loss",
+]
 
 WEIGHTINGS = ("sigma2", "likelihood", "none")
 
@@ -79,7 +97,7 @@ class TimeSampler:
         self.density = jnp.asarray(mass / np.diff(grid) / self.total, jnp.float32)  # r(t) per cell
         self.eps, self.T = eps, T
 
-    def sample(self, key, n: int):
+    def sample(self, key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
         """Times ``(n,)`` and their importance weights ``1 / ((T - eps) r(t))``, ``(n,)``."""
         u = jax.random.uniform(key, (n,), jnp.float32)
         cell = jnp.clip(jnp.searchsorted(self.cdf, u, side="right") - 1, 0, self.density.shape[0] - 1)
@@ -97,11 +115,11 @@ class Loss:
         self._per_sample = per_sample
         self.options = options
 
-    def per_sample(self, model, x0, key):
-        x0 = _check_x(x0)
+    def per_sample(self, model: ScoreFn, x0: jax.Array, key: jax.Array) -> jax.Array:
+        x0 = check_x(x0)
         return self._per_sample(model, x0, key)
 
-    def __call__(self, model, x0, key):
+    def __call__(self, model: ScoreFn, x0: jax.Array, key: jax.Array) -> jax.Array:
         return jnp.mean(self.per_sample(model, x0, key))
 
     def __repr__(self):
@@ -119,10 +137,6 @@ def _uniform_perturbed(sde: LinearSDE, key, x0, eps):
     t = _uniform_times(k_t, x0.shape[0], eps, sde.T, x0.dtype)
     xt, _ = sde.perturb(k_x, x0, t)
     return t, xt, k_rest
-
-
-def _sq_norm(a):
-    return jnp.sum(a.reshape(a.shape[0], -1) ** 2, axis=1)
 
 
 def denoising_score_matching(sde: LinearSDE, *, weighting: str = "sigma2", importance_sampling: bool = False,
@@ -164,7 +178,7 @@ def denoising_score_matching(sde: LinearSDE, *, weighting: str = "sigma2", impor
         xt, z = sde.perturb(k_x, x0, t)
         s = sde.kernel_std(t)
         residual = batch_broadcast(s, x0) * model(xt, t) + z  # noise-prediction error
-        return iw * lam(t) / s**2 * _sq_norm(residual) / 2
+        return iw * lam(t) / s**2 * sq_norms(residual) / 2
 
     return Loss("denoising_score_matching", per_sample, weighting=weighting,
                 importance_sampling=importance_sampling, eps=eps)
@@ -188,7 +202,7 @@ def implicit_score_matching(sde: LinearSDE, *, weighting: str = "sigma2", eps: f
     def per_sample(model, x0, key):
         t, xt, _ = _uniform_perturbed(sde, key, x0, eps)
         fn = lambda x: model(x, t)
-        return lam(t) * (divergence.exact_divergence(fn, xt) + _sq_norm(fn(xt)) / 2)
+        return lam(t) * (divergence.exact_divergence(fn, xt) + sq_norms(fn(xt)) / 2)
 
     return Loss("implicit_score_matching", per_sample, weighting=weighting, eps=eps)
 
@@ -208,8 +222,7 @@ def sliced_score_matching(sde: LinearSDE, *, weighting: str = "sigma2", eps: flo
     """
     eps = check_cutoff(sde, eps)
     lam = weighting_fn(sde, weighting)
-    if isinstance(n_projections, bool) or not isinstance(n_projections, int) or n_projections < 1:
-        raise ValueError(f"n_projections: expected a positive int, got {n_projections!r}")
+    n_projections = check_int("n_projections", n_projections, 1)
     divergence.probes(jax.random.key(0), (1,), kind=projection)  # validates ``projection``
 
     def per_sample(model, x0, key):
@@ -220,7 +233,7 @@ def sliced_score_matching(sde: LinearSDE, *, weighting: str = "sigma2", eps: flo
         score = fn(xt)
         trace = divergence.hutchinson_divergence(fn, xt, v)
         if variance_reduction:
-            quad = _sq_norm(score) / 2
+            quad = sq_norms(score) / 2
         else:
             proj = (v * score[None]).reshape(n_projections, n, -1).sum(-1)
             quad = jnp.mean(proj**2, axis=0) / 2
@@ -230,7 +243,7 @@ def sliced_score_matching(sde: LinearSDE, *, weighting: str = "sigma2", eps: flo
                 n_projections=n_projections, projection=projection, variance_reduction=variance_reduction)
 
 
-def fisher_divergence(sde: LinearSDE, true_score: Callable, *, weighting: str = "sigma2", eps: float = 1e-5) -> Loss:
+def fisher_divergence(sde: LinearSDE, true_score: ScoreFn, *, weighting: str = "sigma2", eps: float = 1e-5) -> Loss:
     """The weighted Fisher divergence itself, when the true score of p_t is known (toy data).
 
     Per sample: ``lambda(t) || model(x_t, t) - true_score(x_t, t) ||^2 / 2``. Used to check
@@ -241,7 +254,7 @@ def fisher_divergence(sde: LinearSDE, true_score: Callable, *, weighting: str = 
 
     def per_sample(model, x0, key):
         t, xt, _ = _uniform_perturbed(sde, key, x0, eps)
-        return lam(t) * _sq_norm(model(xt, t) - true_score(xt, t)) / 2
+        return lam(t) * sq_norms(model(xt, t) - true_score(xt, t)) / 2
 
     return Loss("fisher_divergence", per_sample, weighting=weighting, eps=eps)
 
@@ -250,13 +263,11 @@ def fisher_divergence(sde: LinearSDE, true_score: Callable, *, weighting: str = 
 
 
 def _check_path(path):
-    from companion.paths import GaussianPath  # paths imports sde only
-
     if not isinstance(path, GaussianPath):
         raise TypeError(f"path: expected a companion.paths path (Rectified(), from_sde(s)), got {type(path).__name__}")
 
 
-def flow_matching(path, *, eps: float = 1e-5, coupled: bool = False) -> Loss:
+def flow_matching(path: GaussianPath, *, eps: float = 1e-5, coupled: bool = False) -> Loss:
     """Conditional flow matching on a Gaussian path (Lipman et al. 2023; Eq. eq-cfm, chapter 8).
 
     Per sample: ``t ~ U(eps, 1)``, ``z ~ N(0, I)``, ``x_t = a(t) x_0 + b(t) z`` and
@@ -294,12 +305,12 @@ def flow_matching(path, *, eps: float = 1e-5, coupled: bool = False) -> Loss:
         t = _uniform_times(k_t, x0.shape[0], eps, path.T, x0.dtype)
         xt = path.interpolate(x0, z, t)
         target = path.conditional_velocity(x0, z, t)
-        return _sq_norm(model(xt, t) - target) / 2
+        return sq_norms(model(xt, t) - target) / 2
 
     return Loss("flow_matching", per_sample, eps=eps, coupled=coupled)
 
 
-def velocity_from_score(path, score_fn: Callable) -> Callable:
+def velocity_from_score(path: GaussianPath, score_fn: ScoreFn) -> Callable:
     """The velocity field of ``path`` from a score model: ``velocity(x, t)``.
 
     v = (a'/a) x + (a' b^2 / a - b b') grad log p_t (Eq. eq-velocity-score, chapter 8),
@@ -317,7 +328,7 @@ def velocity_from_score(path, score_fn: Callable) -> Callable:
     return velocity
 
 
-def score_from_velocity(path, velocity_fn: Callable) -> Callable:
+def score_from_velocity(path: GaussianPath, velocity_fn: Callable) -> ScoreFn:
     """The score model of ``path`` from a velocity model: ``score_fn(x, t)``, the inverse of
     :func:`velocity_from_score`,
 

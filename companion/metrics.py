@@ -41,6 +41,10 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
+
+from companion._common import check_int
+from companion.toy import GaussianMixture
 
 __all__ = [
     "sliced_wasserstein",
@@ -95,7 +99,7 @@ def _sliced(directions, a, b, p):
     return float(np.mean(np.abs(pa - pb) ** p) ** (1 / p))
 
 
-def sliced_wasserstein(key, a, b, n_projections: int = 128, p: int = 1):
+def sliced_wasserstein(key: jax.Array, a: ArrayLike, b: ArrayLike, n_projections: int = 128, p: int = 1) -> float:
     """Sliced p-Wasserstein distance between samples ``a`` ``(n, *dims)`` and ``b`` ``(m, *dims)``.
 
     Projects both samples on ``n_projections`` directions drawn uniformly on the unit
@@ -109,8 +113,7 @@ def sliced_wasserstein(key, a, b, n_projections: int = 128, p: int = 1):
     and 0.030 +- 0.010 at n = 10000 (module docstring).
     """
     a, b = _check_pair(a, b)
-    if isinstance(n_projections, bool) or not isinstance(n_projections, numbers.Integral) or n_projections < 1:
-        raise ValueError(f"n_projections: expected an int >= 1, got {n_projections!r}")
+    n_projections = check_int("n_projections", n_projections, 1)
     if isinstance(p, bool) or p not in (1, 2):
         raise ValueError(f"p: expected 1 or 2, got {p!r}")
     d = a.shape[1]
@@ -126,7 +129,7 @@ def _sq_dists(x, y):
     )
 
 
-def median_bandwidth(a, b, max_points: int = 500):
+def median_bandwidth(a: ArrayLike, b: ArrayLike, max_points: int = 500) -> float:
     """The median heuristic: the median distance between distinct points of the pooled
     sample (the first ``max_points`` of each sample, to bound the cost). NumPy: its
     median is a selection, not a sort."""
@@ -151,7 +154,7 @@ def _mmd2(a, b, bandwidth):
     return saa + sbb - 2 * jnp.mean(kab)
 
 
-def mmd(a, b, bandwidth=None):
+def mmd(a: ArrayLike, b: ArrayLike, bandwidth: float | None = None) -> float:
     """Unbiased squared MMD between samples ``a`` ``(n, *dims)`` and ``b`` ``(m, *dims)``.
 
     Kernel k(x, y) = exp(-||x - y||^2 / (2 h^2)); ``bandwidth`` h defaults to the median
@@ -177,7 +180,7 @@ class Floor(NamedTuple):
 
 
 def two_sample_floor(
-    key,
+    key: jax.Array,
     sample: Callable[[jax.Array, int], jax.Array],
     n: int,
     *,
@@ -194,10 +197,7 @@ def two_sample_floor(
     """
     if metric not in ("sliced_wasserstein", "mmd"):
         raise ValueError(f"metric: expected 'sliced_wasserstein' or 'mmd', got {metric!r}")
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 2:
-        raise ValueError(f"n: expected an int >= 2, got {n!r}")
-    if isinstance(n_repeats, bool) or not isinstance(n_repeats, numbers.Integral) or n_repeats < 2:
-        raise ValueError(f"n_repeats: expected an int >= 2, got {n_repeats!r}")
+    n, n_repeats = check_int("n", n, 2), check_int("n_repeats", n_repeats, 2)
     draw = jax.jit(sample, static_argnums=1)  # sample(key, n) must be jittable
     keys = jax.random.split(key, 3 * n_repeats)
     values = []
@@ -252,7 +252,7 @@ def _check_mixture_sample(x, mix):
     return x
 
 
-def mode_statistics(x, mix) -> ModeStatistics:
+def mode_statistics(x: ArrayLike, mix: GaussianMixture) -> ModeStatistics:
     """Weight, mean and covariance of each component of ``mix`` as seen in samples ``x``.
 
     ``x`` has shape ``(n, d)``; ``mix`` is a :class:`companion.toy.GaussianMixture`. Each
@@ -338,7 +338,7 @@ def _z(estimate, truth, se):
     return np.where((se == 0) & (estimate == truth), 0.0, np.where(np.isnan(z), np.inf, z))
 
 
-def mixture_report(x, mix, *, level: float = 1e-3) -> MixtureReport:
+def mixture_report(x: ArrayLike, mix: GaussianMixture, *, level: float = 1e-3) -> MixtureReport:
     """Test samples ``x`` (n, d) against the Gaussian mixture ``mix`` they should follow.
 
     Every statistic of :func:`mode_statistics` (K weights, K d mean entries and
@@ -383,7 +383,7 @@ def mixture_report(x, mix, *, level: float = 1e-3) -> MixtureReport:
     return MixtureReport(passed, worst_z, threshold, worst, m, float(level), s, z)
 
 
-def matches_mixture(x, mix, *, level: float = 1e-3) -> bool:
+def matches_mixture(x: ArrayLike, mix: GaussianMixture, *, level: float = 1e-3) -> bool:
     """True when samples ``x`` (n, d) pass :func:`mixture_report` against ``mix``: every
     per-component weight, mean and covariance entry within its Bonferroni-corrected band,
     and every sample finite. Exact samples pass with probability about 1 - ``level``."""

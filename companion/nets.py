@@ -31,8 +31,22 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.typing import ArrayLike
 
+from companion._common import check_positive_int
 from companion.sde import LinearSDE, batch_broadcast
+
+__all__ = [
+    "Buffer",
+    "T_MIN",
+    "time_input",
+    "TimeEmbedding",
+    "ScoreMLP",
+    "TimeClassifier",
+    "ClassConditionalMLP",
+    "count_params",
+    "UNet",
+]
 
 
 class Buffer(nnx.Variable):
@@ -49,14 +63,6 @@ def _dims(dim) -> tuple[int, ...]:
     if not dims or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
         raise ValueError(f"dim: expected positive ints, got {dim!r}")
     return dims
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value}")
-    return value
 
 
 def _check_xt(x, t, dims: tuple[int, ...]):
@@ -78,7 +84,7 @@ def _check_xt(x, t, dims: tuple[int, ...]):
 T_MIN = 1e-5
 
 
-def time_input(t, sde: LinearSDE | None):
+def time_input(t: ArrayLike, sde: LinearSDE | None) -> jax.Array:
     """What the time embedding sees, about [0, 1] over the times that matter.
 
     Without an SDE: ``t`` itself. With one: the log noise level log sigma(t),
@@ -110,7 +116,7 @@ class TimeEmbedding(nnx.Module):
 
     def __init__(self, embed_dim: int, *, kind: str = "fourier", scale: float = 2.0,
                  max_frequency: float = 8.0, rngs: nnx.Rngs):
-        embed_dim = _positive_int("embed_dim", embed_dim)
+        embed_dim = check_positive_int("embed_dim", embed_dim)
         if embed_dim % 2:
             raise ValueError(f"embed_dim: must be even (sines and cosines), got {embed_dim}")
         if kind == "fourier":
@@ -122,7 +128,7 @@ class TimeEmbedding(nnx.Module):
         self.kind = kind
         self.frequencies = Buffer(w.astype(jnp.float32))
 
-    def __call__(self, t):
+    def __call__(self, t: jax.Array) -> jax.Array:
         angles = 2 * math.pi * t[:, None] * self.frequencies[...].astype(t.dtype)
         return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
@@ -135,8 +141,8 @@ class _Trunk(nnx.Module):
 
     def __init__(self, d_in: int, *, hidden: int, depth: int, embed_dim: int, embedding: str,
                  fourier_scale: float, rngs: nnx.Rngs):
-        hidden = _positive_int("hidden", hidden)
-        depth = _positive_int("depth", depth)
+        hidden = check_positive_int("hidden", hidden)
+        depth = check_positive_int("depth", depth)
         self.embed = TimeEmbedding(embed_dim, kind=embedding, scale=fourier_scale, rngs=rngs)
         self.embed_proj = nnx.Linear(embed_dim, embed_dim, rngs=rngs)
         widths = [d_in] + [hidden] * depth
@@ -185,7 +191,7 @@ class ScoreMLP(nnx.Module):
                             fourier_scale=fourier_scale, rngs=rngs)
         self.out = nnx.Linear(hidden, d, rngs=rngs)
 
-    def __call__(self, x, t):
+    def __call__(self, x: ArrayLike, t: ArrayLike) -> jax.Array:
         x, t = _check_xt(x, t, self.dims)
         n = x.shape[0]
         h = x.reshape(n, -1)
@@ -211,13 +217,13 @@ class TimeClassifier(nnx.Module):
         if not isinstance(rngs, nnx.Rngs):
             raise TypeError(f"rngs: expected nnx.Rngs, got {type(rngs).__name__}")
         self.dims = _dims(dim)
-        self.n_classes = _positive_int("n_classes", n_classes)
+        self.n_classes = check_positive_int("n_classes", n_classes)
         d = math.prod(self.dims)
         self.trunk = _Trunk(d, hidden=hidden, depth=depth, embed_dim=embed_dim, embedding=embedding,
                             fourier_scale=fourier_scale, rngs=rngs)
         self.out = nnx.Linear(hidden, self.n_classes, rngs=rngs)
 
-    def __call__(self, x, t):
+    def __call__(self, x: ArrayLike, t: ArrayLike) -> jax.Array:
         x, t = _check_xt(x, t, self.dims)
         return self.out(self.trunk(x.reshape(x.shape[0], -1), t))
 
@@ -239,7 +245,7 @@ class ClassConditionalMLP(nnx.Module):
                  sde: LinearSDE | None = None, rngs: nnx.Rngs):
         self.score = ScoreMLP(dim, hidden=hidden, depth=depth, embed_dim=embed_dim, embedding=embedding,
                               fourier_scale=fourier_scale, sde=sde, rngs=rngs)
-        self.n_classes = _positive_int("n_classes", n_classes)
+        self.n_classes = check_positive_int("n_classes", n_classes)
         self.label_embed = nnx.Embed(self.n_classes + 1, embed_dim, rngs=rngs)
 
     @property
@@ -247,7 +253,7 @@ class ClassConditionalMLP(nnx.Module):
         """The label that stands for "no label" (the unconditional score)."""
         return self.n_classes
 
-    def __call__(self, x, t, y):
+    def __call__(self, x: ArrayLike, t: ArrayLike, y: ArrayLike) -> jax.Array:
         net = self.score
         x, t = _check_xt(x, t, net.dims)
         y = jnp.broadcast_to(jnp.asarray(y, jnp.int32), t.shape)
@@ -324,13 +330,13 @@ class UNet(nnx.Module):
         if len(self.dims) != 3:
             raise ValueError(f"shape: expected (height, width, channels), got {shape!r}")
         height, width, channels = self.dims
-        f = tuple(_positive_int("features", c) for c in features)
+        f = tuple(check_positive_int("features", c) for c in features)
         if not f:
             raise ValueError("features: expected at least one level")
         k = 2 ** (len(f) - 1)
         if height % k or width % k:
             raise ValueError(f"shape: height and width must be divisible by {k} for {len(f)} levels, got {height}x{width}")
-        groups = _positive_int("groups", groups)
+        groups = check_positive_int("groups", groups)
         self.sde = sde
         self.raw_time = bool(raw_time)
         self.embed = TimeEmbedding(embed_dim, kind=embedding, scale=fourier_scale, rngs=rngs)
@@ -348,7 +354,7 @@ class UNet(nnx.Module):
         self.norm_out = nnx.GroupNorm(f[0], num_groups=math.gcd(groups, f[0]), rngs=rngs)
         self.conv_out = nnx.Conv(f[0], channels, (3, 3), kernel_init=nnx.initializers.zeros, rngs=rngs)
 
-    def __call__(self, x, t):
+    def __call__(self, x: ArrayLike, t: ArrayLike) -> jax.Array:
         x, t = _check_xt(x, t, self.dims)
         h = x
         if self.sde is not None:

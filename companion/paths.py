@@ -32,17 +32,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
-from companion.sde import LinearSDE, _check_x, batch_broadcast
+from companion._common import check_positive, check_x, sq_norms, static
+from companion.sde import LinearSDE, batch_broadcast
 
 __all__ = ["GaussianPath", "Rectified", "SDEPath", "from_sde", "check_times", "integrate", "straightness"]
 
 
-def check_times(t, name: str = "t"):
+def check_times(t: ArrayLike, name: str = "t") -> jax.Array:
     """``t`` as an array; ``ValueError`` naming ``name`` if its values are known (not traced)
     and are not finite or lie outside [0, 1]."""
     if isinstance(t, jax.core.Tracer):
@@ -60,10 +63,7 @@ def check_times(t, name: str = "t"):
 def _check_data(x, name: str):
     """``x`` as a floating array ``(n, *dims)``; ``ValueError`` naming ``name`` if its values are
     known (not traced) and not all finite."""
-    try:
-        x = _check_x(x)
-    except (ValueError, TypeError) as e:
-        raise type(e)(str(e).replace("x:", f"{name}:", 1)) from None
+    x = check_x(x, name)
     if not isinstance(x, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(x))):
         raise ValueError(f"{name}: contains NaN or inf")
     return x
@@ -75,46 +75,46 @@ class GaussianPath:
 
     T = 1.0
 
-    def a(self, t):
+    def a(self, t: ArrayLike) -> jax.Array:
         """a(t), the coefficient of the data."""
         raise NotImplementedError
 
-    def b(self, t):
+    def b(self, t: ArrayLike) -> jax.Array:
         """b(t), the coefficient of the noise."""
         raise NotImplementedError
 
-    def da(self, t):
+    def da(self, t: ArrayLike) -> jax.Array:
         """a'(t)."""
         raise NotImplementedError
 
-    def db(self, t):
+    def db(self, t: ArrayLike) -> jax.Array:
         """b'(t) (infinite at t = 0 for the paths of the VE and VP SDEs)."""
         raise NotImplementedError
 
-    def b_db(self, t):
+    def b_db(self, t: ArrayLike) -> jax.Array:
         """b(t) b'(t) = (b^2)'(t) / 2, finite on all of [0, 1]."""
         raise NotImplementedError
 
     # -- what follows is the same for every path
-    def coefficients(self, t):
+    def coefficients(self, t: ArrayLike) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
         """``(a, b, a', b')`` at ``t``, after checking ``t``."""
         t = check_times(t)
         return self.a(t), self.b(t), self.da(t), self.db(t)
 
-    def sample(self, key, x0, t):
+    def sample(self, key: jax.Array, x0: ArrayLike, t: ArrayLike) -> tuple[jax.Array, jax.Array]:
         """x_t for data ``x0`` ``(n, *dims)`` at times ``t``: returns ``(x_t, z)``."""
         x0 = _check_data(x0, "x0")
         t = check_times(t)
         z = jax.random.normal(key, x0.shape, x0.dtype)
         return self.interpolate(x0, z, t), z
 
-    def interpolate(self, x0, z, t):
+    def interpolate(self, x0: ArrayLike, z: ArrayLike, t: ArrayLike) -> jax.Array:
         """a(t) x0 + b(t) z (Eq. eq-gaussian-path) for given data and noise."""
         x0, z = _check_data(x0, "x0"), _check_data(z, "z")
         t = check_times(t)
         return batch_broadcast(self.a(t), x0) * x0 + batch_broadcast(self.b(t), x0) * z
 
-    def conditional_velocity(self, x0, z, t):
+    def conditional_velocity(self, x0: ArrayLike, z: ArrayLike, t: ArrayLike) -> jax.Array:
         """a'(t) x0 + b'(t) z: d x_t / dt with x0 and z fixed (Eq. eq-conditional-velocity)."""
         x0, z = _check_data(x0, "x0"), _check_data(z, "z")
         t = check_times(t)
@@ -129,19 +129,19 @@ class Rectified(GaussianPath):
     optimal-transport path of Lipman et al. 2023 with sigma_min = 0).
     """
 
-    def a(self, t):
+    def a(self, t: ArrayLike) -> jax.Array:
         return 1.0 - jnp.asarray(t)
 
-    def b(self, t):
+    def b(self, t: ArrayLike) -> jax.Array:
         return jnp.asarray(t) * 1.0
 
-    def da(self, t):
+    def da(self, t: ArrayLike) -> jax.Array:
         return -jnp.ones_like(jnp.asarray(t, dtype=jnp.result_type(t, float)))
 
-    def db(self, t):
+    def db(self, t: ArrayLike) -> jax.Array:
         return jnp.ones_like(jnp.asarray(t, dtype=jnp.result_type(t, float)))
 
-    def b_db(self, t):
+    def b_db(self, t: ArrayLike) -> jax.Array:
         return jnp.asarray(t) * 1.0
 
 
@@ -163,20 +163,20 @@ class SDEPath(GaussianPath):
         if not isinstance(self.sde, LinearSDE):
             raise TypeError(f"sde: expected a companion.sde SDE, got {type(self.sde).__name__}")
 
-    def a(self, t):
+    def a(self, t: ArrayLike) -> jax.Array:
         return self.sde.mean_coefficient(t)
 
-    def b(self, t):
+    def b(self, t: ArrayLike) -> jax.Array:
         return self.sde.kernel_std(t)
 
-    def da(self, t):
+    def da(self, t: ArrayLike) -> jax.Array:
         return self.sde.drift_coefficient(t) * self.sde.mean_coefficient(t)
 
-    def b_db(self, t):
+    def b_db(self, t: ArrayLike) -> jax.Array:
         s = self.sde.kernel_std(t)
         return self.sde.drift_coefficient(t) * s**2 + 0.5 * self.sde.diffusion(t) ** 2
 
-    def db(self, t):
+    def db(self, t: ArrayLike) -> jax.Array:
         return self.b_db(t) / self.sde.kernel_std(t)
 
 
@@ -221,18 +221,19 @@ def _integrate(velocity, x, t0, t1, n_steps, rtol, atol, method, n_saved, max_st
     return ys, sol.stats["num_steps"]
 
 
-def integrate(velocity, x, *, method: str = "tsit5", n_steps: int = 100, rtol: float = 1e-5,
-              atol: float = 1e-5, t0: float = 1.0, t1: float = 0.0, n_saved: int = 0, max_steps: int = 4096):
+def integrate(velocity: Callable, x: ArrayLike, *, method: str = "tsit5", n_steps: int = 100, rtol: float = 1e-5,
+              atol: float = 1e-5, t0: float = 1.0, t1: float = 0.0, n_saved: int = 0,
+              max_steps: int = 4096) -> tuple[jax.Array, int]:
     """Solve dx/dt = ``velocity(x, t)`` from ``t0`` (noise, default 1) to ``t1`` (data, default 0)
     starting at ``x`` ``(n, *dims)``; returns ``(x_t1, nfe)``.
 
-    The solvers are diffrax's, the same as :func:`companion.sampling.probability_flow`:
+    The solvers are diffrax's, the same as :func:`companion.ode_sampling.probability_flow`:
     ``"euler"`` and ``"heun"`` with ``n_steps`` equal steps (NFE ``n_steps`` and
     ``2 n_steps``), ``"tsit5"`` adaptive with ``rtol``, ``atol`` (NFE counted: 6 per
     attempted step + 1). A velocity model of any path plugs in directly; a score model
     goes through :func:`companion.losses.velocity_from_score`, and for the path of an SDE
-    the score-based samplers of :mod:`companion.sampling` apply to a velocity model via
-    :func:`companion.losses.score_from_velocity`.
+    the score-based samplers of :mod:`companion.sampling` and :mod:`companion.ode_sampling`
+    apply to a velocity model via :func:`companion.losses.score_from_velocity`.
 
     ``n_saved > 0``: return the states at ``n_saved`` equally spaced times from ``t0`` to
     ``t1`` instead, shape ``(n_saved, n, *dims)`` (trajectories, for straightness).
@@ -245,21 +246,17 @@ def integrate(velocity, x, *, method: str = "tsit5", n_steps: int = 100, rtol: f
         raise ValueError(f"method: expected one of {_METHODS}, got {method!r}")
     if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or not 1 <= n_steps <= max_steps:
         raise ValueError(f"n_steps: expected an int in [1, max_steps = {max_steps}], got {n_steps!r}")
-    for name, value in (("rtol", rtol), ("atol", atol)):
-        if not (isinstance(value, (int, float)) and 0 < value < np.inf):
-            raise ValueError(f"{name}: expected a finite positive number, got {value!r}")
+    rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
     check_times(t0, "t0")
     check_times(t1, "t1")
     if t0 == t1:
         raise ValueError("t0, t1: the interval is empty")
-    from companion._common import static
-
     ys, steps = _integrate(static(velocity), x, float(t0), float(t1), int(n_steps), float(rtol), float(atol),
                            method, int(n_saved), int(max_steps))
     return ys, _nfe(method, int(steps))
 
 
-def straightness(velocity, xs, t0: float = 1.0, t1: float = 0.0):
+def straightness(velocity: Callable, xs: ArrayLike, t0: float = 1.0, t1: float = 0.0) -> jax.Array:
     """Straightness of trajectories ``xs`` ``(k, n, *dims)`` saved at k equal times from ``t0``
     to ``t1`` (from :func:`integrate` with ``n_saved=k``), relative to their chord:
 
@@ -269,8 +266,6 @@ def straightness(velocity, xs, t0: float = 1.0, t1: float = 0.0):
     when every trajectory is a straight line run at constant speed. The time integral
     is the trapezoidal rule on the saved times (the velocity is evaluated there).
     """
-    from companion._common import static
-
     return _straightness(static(velocity), jnp.asarray(xs), float(t0), float(t1))
 
 
@@ -279,8 +274,7 @@ def _straightness(velocity, xs, t0, t1):
     k = xs.shape[0]
     ts = jnp.linspace(t0, t1, k).astype(xs.dtype)
     chord = (xs[0] - xs[-1]) / (t0 - t1)
-    sq = lambda v: jnp.sum(v.reshape(v.shape[0], -1) ** 2, axis=1)
-    dev = jax.lax.map(lambda args: sq(velocity(args[0], jnp.full(args[0].shape[:1], args[1], xs.dtype)) - chord),
+    dev = jax.lax.map(lambda args: sq_norms(velocity(args[0], jnp.full(args[0].shape[:1], args[1], xs.dtype)) - chord),
                       (xs, ts))  # (k, n)
     w = jnp.full((k,), 1.0 / (k - 1)).at[0].set(0.5 / (k - 1)).at[-1].set(0.5 / (k - 1))
-    return jnp.mean(jnp.tensordot(w.astype(xs.dtype), dev, axes=1)) / jnp.mean(sq(chord))
+    return jnp.mean(jnp.tensordot(w.astype(xs.dtype), dev, axes=1)) / jnp.mean(sq_norms(chord))

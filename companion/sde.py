@@ -35,6 +35,7 @@ broadcast against ``x`` along the batch axis.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 from typing import Callable
@@ -42,6 +43,11 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
+
+from companion._common import check_x, sq_norms
+
+__all__ = ["ScoreFn", "LinearSDE", "VE", "VP", "SubVP", "batch_broadcast", "check_time", "check_cutoff"]
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -65,7 +71,7 @@ def batch_broadcast(c: jax.Array, x: jax.Array) -> jax.Array:
     return c.reshape((-1,) + (1,) * (x.ndim - 1))
 
 
-def check_time(t, T: float, *, allow_zero: bool) -> None:
+def check_time(t: ArrayLike, T: float, *, allow_zero: bool) -> None:
     """Raise ``ValueError`` if ``t`` is known at trace time and lies outside ``(0, T]``.
 
     (``[0, T]`` when ``allow_zero``.) Traced values are not checked: they are unknown
@@ -80,7 +86,7 @@ def check_time(t, T: float, *, allow_zero: bool) -> None:
         raise ValueError(f"t: every time must lie in {interval}, got values in [{tv.min()}, {tv.max()}]")
 
 
-def check_cutoff(sde, eps) -> float:
+def check_cutoff(sde: LinearSDE, eps: float) -> float:
     """Check that ``sde`` is a linear SDE of this module and 0 < ``eps`` < T; return ``eps``.
 
     ``eps`` is the t-epsilon cut-off of the losses and the likelihood (chapters 3 to 5).
@@ -91,15 +97,6 @@ def check_cutoff(sde, eps) -> float:
     if not 0 < eps < sde.T:
         raise ValueError(f"eps: must lie in (0, T) = (0, {sde.T}), got {eps}")
     return eps
-
-
-def _check_x(x) -> jax.Array:
-    x = jnp.asarray(x)
-    if x.ndim < 1:
-        raise ValueError(f"x: expected shape (n, *dims), got a scalar")
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"x: expected a floating-point array, got dtype {x.dtype}")
-    return x
 
 
 def _positive_float(name: str, value) -> float:
@@ -115,52 +112,53 @@ def _positive_float(name: str, value) -> float:
 
 
 @dataclasses.dataclass(frozen=True)
-class LinearSDE:
-    """dx = a(t) x dt + g(t) dw on [0, T] (Eq. eq-linear-sde). Subclasses give a, g, m, s."""
+class LinearSDE(abc.ABC):
+    """dx = a(t) x dt + g(t) dw on [0, T] (Eq. eq-linear-sde). Subclasses give a, g, m, s
+    (the four abstract methods); a subclass that misses one cannot be instantiated."""
 
     T = 1.0
 
     # -- the four scalar functions that define a linear SDE; t is a scalar or (n,) array
-    def drift_coefficient(self, t):
+    @abc.abstractmethod
+    def drift_coefficient(self, t: ArrayLike) -> jax.Array:
         """a(t), with f(x, t) = a(t) x."""
-        raise NotImplementedError
 
-    def diffusion(self, t):
+    @abc.abstractmethod
+    def diffusion(self, t: ArrayLike) -> jax.Array:
         """g(t), the diffusion coefficient; shaped like ``t``."""
-        raise NotImplementedError
 
-    def mean_coefficient(self, t):
+    @abc.abstractmethod
+    def mean_coefficient(self, t: ArrayLike) -> jax.Array:
         """m(t) = exp(int_0^t a(u) du): the kernel's mean is m(t) x_0."""
-        raise NotImplementedError
 
-    def kernel_std(self, t):
+    @abc.abstractmethod
+    def kernel_std(self, t: ArrayLike) -> jax.Array:
         """s(t): the kernel's standard deviation, s(t)^2 solving v' = 2 a v + g^2, v(0) = 0."""
-        raise NotImplementedError
 
     # -- what follows is the same for every linear SDE
-    def drift(self, x, t):
+    def drift(self, x: ArrayLike, t: ArrayLike) -> jax.Array:
         """f(x, t) = a(t) x, shaped like ``x``."""
-        x = _check_x(x)
+        x = check_x(x)
         check_time(t, self.T, allow_zero=True)
         return batch_broadcast(self.drift_coefficient(t), x) * x
 
-    def marginal(self, x0, t):
+    def marginal(self, x0: ArrayLike, t: ArrayLike) -> tuple[jax.Array, jax.Array]:
         """Mean and standard deviation of the perturbation kernel p_0t(x_t | x_0).
 
         Returns ``(mean, std)``: ``mean`` shaped like ``x0``, ``std`` shaped like ``t``
         (the same in every coordinate). ``x_t = mean + std * z`` with ``z ~ N(0, I)``.
         """
-        x0 = _check_x(x0)
+        x0 = check_x(x0)
         check_time(t, self.T, allow_zero=False)
         return batch_broadcast(self.mean_coefficient(t), x0) * x0, self.kernel_std(t)
 
-    def perturb(self, key, x0, t):
+    def perturb(self, key: jax.Array, x0: jax.Array, t: ArrayLike) -> tuple[jax.Array, jax.Array]:
         """Sample x_t ~ p_0t(. | x_0). Returns ``(x_t, z)``, the noise ``z`` that made it."""
         mean, std = self.marginal(x0, t)
         z = jax.random.normal(key, x0.shape, x0.dtype)
         return mean + batch_broadcast(std, x0) * z, z
 
-    def transition(self, s, t):
+    def transition(self, s: ArrayLike, t: ArrayLike) -> tuple[jax.Array, jax.Array]:
         """Coefficients ``(r, q)`` of the exact one-step transition from time ``s`` to ``t >= s``.
 
         ``x_t = r x_s + q z`` with ``z ~ N(0, I)``, where r = m(t) / m(s) and
@@ -173,23 +171,22 @@ class LinearSDE:
         q2 = self.kernel_std(t) ** 2 - r**2 * self.kernel_std(s) ** 2
         return r, jnp.sqrt(jnp.maximum(q2, 0.0))
 
-    def prior_std(self):
+    def prior_std(self) -> jax.Array:
         """Standard deviation of the prior p_T: the kernel at T started from x_0 = 0."""
         return self.kernel_std(self.T)
 
-    def prior_sample(self, key, shape):
+    def prior_sample(self, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
         """Sample ``shape`` = ``(n, *dims)`` from the prior N(0, s(T)^2 I)."""
         return self.prior_std() * jax.random.normal(key, tuple(shape))
 
-    def prior_log_prob(self, x):
+    def prior_log_prob(self, x: ArrayLike) -> jax.Array:
         """log N(x; 0, s(T)^2 I) per sample, shape ``(n,)``."""
-        x = _check_x(x)
+        x = check_x(x)
         s = self.prior_std()
         d = math.prod(x.shape[1:])
-        sq = jnp.sum(x.reshape(x.shape[0], -1) ** 2, axis=1)
-        return -0.5 * sq / s**2 - d * jnp.log(s) - 0.5 * d * math.log(2 * math.pi)
+        return -0.5 * sq_norms(x) / s**2 - d * jnp.log(s) - 0.5 * d * math.log(2 * math.pi)
 
-    def reverse_drift(self, score_fn: ScoreFn, x, t):
+    def reverse_drift(self, score_fn: ScoreFn, x: jax.Array, t: ArrayLike) -> jax.Array:
         """f(x, t) - g(t)^2 score(x, t): the drift of the reverse-time SDE (Eq. eq-reverse-sde, chapter 3).
 
         Time runs backwards: dx = [f - g^2 score] dt + g dw_bar with dt < 0.
@@ -197,7 +194,7 @@ class LinearSDE:
         g = batch_broadcast(self.diffusion(t), x)
         return self.drift(x, t) - g**2 * score_fn(x, t)
 
-    def probability_flow_drift(self, score_fn: ScoreFn, x, t):
+    def probability_flow_drift(self, score_fn: ScoreFn, x: jax.Array, t: ArrayLike) -> jax.Array:
         """f(x, t) - g(t)^2 score(x, t) / 2: the probability flow ODE (Eq. eq-pf-ode, chapter 5)."""
         g = batch_broadcast(self.diffusion(t), x)
         return self.drift(x, t) - 0.5 * g**2 * score_fn(x, t)
@@ -231,21 +228,21 @@ class VE(LinearSDE):
     def log_ratio(self) -> float:
         return math.log(self.sigma_max / self.sigma_min)
 
-    def sigma(self, t):
+    def sigma(self, t: ArrayLike) -> jax.Array:
         """sigma(t) = sigma_min (sigma_max / sigma_min)^t."""
         return self.sigma_min * jnp.exp(jnp.asarray(t) * self.log_ratio)
 
-    def drift_coefficient(self, t):
+    def drift_coefficient(self, t: ArrayLike) -> jax.Array:
         return jnp.zeros_like(jnp.asarray(t, dtype=float))
 
-    def diffusion(self, t):
+    def diffusion(self, t: ArrayLike) -> jax.Array:
         # g^2 = d sigma^2/dt = 2 log(sigma_max/sigma_min) sigma(t)^2
         return self.sigma(t) * math.sqrt(2 * self.log_ratio)
 
-    def mean_coefficient(self, t):
+    def mean_coefficient(self, t: ArrayLike) -> jax.Array:
         return jnp.ones_like(jnp.asarray(t, dtype=float))
 
-    def kernel_std(self, t):
+    def kernel_std(self, t: ArrayLike) -> jax.Array:
         # sigma(t)^2 - sigma_min^2 = sigma_min^2 (exp(2 t log r) - 1), expm1 keeps small t accurate
         return self.sigma_min * jnp.sqrt(jnp.expm1(2 * jnp.asarray(t) * self.log_ratio))
 
@@ -271,24 +268,24 @@ class VP(LinearSDE):
         object.__setattr__(self, "beta_min", lo)
         object.__setattr__(self, "beta_max", hi)
 
-    def beta(self, t):
+    def beta(self, t: ArrayLike) -> jax.Array:
         return self.beta_min + jnp.asarray(t) * (self.beta_max - self.beta_min)
 
-    def integrated_beta(self, t):
+    def integrated_beta(self, t: ArrayLike) -> jax.Array:
         """B(t) = int_0^t beta(u) du."""
         t = jnp.asarray(t)
         return self.beta_min * t + 0.5 * t**2 * (self.beta_max - self.beta_min)
 
-    def drift_coefficient(self, t):
+    def drift_coefficient(self, t: ArrayLike) -> jax.Array:
         return -0.5 * self.beta(t)
 
-    def diffusion(self, t):
+    def diffusion(self, t: ArrayLike) -> jax.Array:
         return jnp.sqrt(self.beta(t))
 
-    def mean_coefficient(self, t):
+    def mean_coefficient(self, t: ArrayLike) -> jax.Array:
         return jnp.exp(-0.5 * self.integrated_beta(t))
 
-    def kernel_std(self, t):
+    def kernel_std(self, t: ArrayLike) -> jax.Array:
         return jnp.sqrt(-jnp.expm1(-self.integrated_beta(t)))
 
 
@@ -299,8 +296,8 @@ class SubVP(VP):
     Same drift and kernel mean as VP; kernel std 1 - exp(-B(t)), never above VP's.
     """
 
-    def diffusion(self, t):
+    def diffusion(self, t: ArrayLike) -> jax.Array:
         return jnp.sqrt(self.beta(t) * -jnp.expm1(-2 * self.integrated_beta(t)))
 
-    def kernel_std(self, t):
+    def kernel_std(self, t: ArrayLike) -> jax.Array:
         return -jnp.expm1(-self.integrated_beta(t))
