@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +33,21 @@ from flax import nnx
 
 from companion import losses, nets, paths, toy, training
 from companion.sde import VP
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "NAMES",
+    "SDE",
+    "NET",
+    "TRAINING",
+    "REFLOW",
+    "score_net",
+    "velocity_net",
+    "couplings",
+    "train_all",
+    "load",
+    "main",
+]
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 NAMES = ("dsm_vp", "fm_vp", "fm_rectified", "reflow")
@@ -59,7 +75,7 @@ def _fit(model, loss, data, key, cfg, progress):
                         progress=progress)
 
 
-def couplings(teacher, key, n_pairs: int, ode_steps: int):
+def couplings(teacher: Callable, key: jax.Array, n_pairs: int, ode_steps: int) -> jax.Array:
     """``(n_pairs, 2, 2)`` pairs ``[x_0, z]``: noise ``z`` and the end ``x_0`` of ``teacher``'s
     ODE from ``z`` (Heun, ``ode_steps`` steps, 2 ``ode_steps`` evaluations per pair)."""
     z = jax.random.normal(key, (n_pairs, 2))
@@ -94,20 +110,15 @@ def train_all(*, seed: int = 0, progress: bool = True) -> dict:
     return out
 
 
-def _template(make):
-    graphdef, state = nnx.split(nnx.eval_shape(make))
-    return nnx.merge(graphdef, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), state))
-
-
-def load(directory=CHECKPOINT_DIR) -> dict:
+def load(directory: str | Path = CHECKPOINT_DIR) -> dict:
     """The shipped (or ``directory``'s) models, ``{name: model}`` for ``name`` in ``NAMES``."""
     directory = Path(directory)
     make = {"dsm_vp": score_net, "fm_vp": velocity_net, "fm_rectified": velocity_net, "reflow": velocity_net}
-    return {name: training.load_checkpoint(_template(make[name]), directory / f"flow_{name}.msgpack")
+    return {name: training.load_checkpoint(training.template(make[name]), directory / f"flow_{name}.msgpack")
             for name in NAMES}
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", default=str(CHECKPOINT_DIR))
     parser.add_argument("--seed", type=int, default=0)

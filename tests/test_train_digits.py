@@ -2,13 +2,9 @@
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 import pytest
-from flax import nnx
 
-from companion import data, losses, nets, toy, train_digits, training
-from companion.sde import VP
+from companion import data, nets, train_digits, training
 
 
 @pytest.fixture(scope="module")
@@ -48,22 +44,6 @@ def test_shipped_model_reproduces_the_stored_evaluation(shipped):
     assert abs(fresh["bits_per_dim"] - stored["bits_per_dim"]) < 4 * se, (fresh, stored)
     assert abs(fresh["sde_bound_bits_per_dim"] - stored["sde_bound_bits_per_dim"]) < 4 * fresh["sde_bound_se"]
     assert fresh["n_digits"] == 24 and fresh["mc_sd"] is None
-
-
-def test_fit_stepwise_takes_the_same_steps_as_fit():
-    """Same keys, same optimiser, same EMA: the same model as training.fit (float32 roundings)."""
-    sde = VP()
-    mix = toy.four_gaussians_2d()
-    loss = losses.denoising_score_matching(sde)
-    make = lambda: nets.ScoreMLP(2, hidden=16, depth=2, sde=sde, rngs=nnx.Rngs(0))
-    tx = optax.adam(1e-2)
-    a, ha = training.fit(make(), loss, mix.sample, steps=12, batch_size=32, key=jax.random.key(3), ema_decay=0.9,
-                         optimizer=tx, steps_per_call=5, progress=False)
-    b, hb = train_digits.fit_stepwise(make(), loss, mix.sample, steps=12, batch_size=32, key=jax.random.key(3),
-                                      optimizer=tx, ema_decay=0.9, progress=False)
-    np.testing.assert_allclose(ha["loss"], hb["loss"], rtol=1e-4, atol=1e-5)
-    x = mix.sample(jax.random.key(4), 10)
-    np.testing.assert_allclose(a(x, 0.3), b(x, 0.3), rtol=1e-4, atol=1e-4)
 
 
 def test_script_trains_and_saves_a_classifier(tmp_path, capsys):

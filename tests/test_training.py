@@ -10,6 +10,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -76,6 +77,22 @@ def test_the_last_shorter_call_reuses_the_compiled_loop(caplog):
     compiled = [r.getMessage() for r in caplog.records if "XLA compilation of jit(chunk)" in r.getMessage()]
     assert hist["loss"].shape == (300,) and np.all(np.isfinite(hist["loss"]))
     assert len(compiled) == 1, compiled
+
+
+def test_one_step_per_call_takes_the_same_steps_as_the_loop():
+    """steps_per_call=1 jits the bare step (no loop: the faster for convolutions on
+    XLA:CPU, chapter 7's U-Net); same keys, optimiser and EMA, so the same model as the
+    loop (float32 roundings). The progress bar reads the losses every 50 steps."""
+    mix = toy.four_gaussians_2d()
+    make = lambda: nets.ScoreMLP(2, hidden=16, depth=2, sde=SDE, rngs=nnx.Rngs(0))
+    kw = dict(steps=60, batch_size=32, key=jax.random.key(3), ema_decay=0.9, optimizer=optax.adam(1e-2))
+    a, ha = training.fit(make(), LOSS, mix.sample, steps_per_call=25, progress=False, **kw)
+    b, hb = training.fit(make(), LOSS, mix.sample, steps_per_call=1, progress=True, **kw)
+    np.testing.assert_allclose(ha["loss"], hb["loss"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ha["grad_norm"], hb["grad_norm"], rtol=1e-4, atol=1e-5)
+    x = mix.sample(jax.random.key(4), 10)
+    np.testing.assert_allclose(a(x, 0.3), b(x, 0.3), rtol=1e-4, atol=1e-4)
+    assert hb["loss"].shape == (60,) and hb["steps_per_second"] > 0
 
 
 def test_fit_on_an_array_and_with_ema(run):
@@ -191,6 +208,16 @@ def test_truncated_or_corrupted_checkpoint_is_refused(tmp_path, run):
         training.load_checkpoint(template, tmp_path / "missing.msgpack")
     for a, b in zip(before, params_of(template)):  # nothing half-loaded
         np.testing.assert_array_equal(a, b)
+
+
+def test_template_has_the_architecture_and_zero_weights(tmp_path, run):
+    _, _, trained, _ = run
+    template = training.template(small_model)
+    assert all(not np.any(p) for p in params_of(template))
+    path = training.save_checkpoint(trained, tmp_path / "model.msgpack")
+    loaded = training.load_checkpoint(template, path)
+    x = jnp.linspace(-3, 3, 11)[:, None]
+    np.testing.assert_array_equal(loaded(x, 0.5), trained(x, 0.5))
 
 
 def test_mismatched_architecture_is_refused(tmp_path, run):
