@@ -11,11 +11,6 @@ from hypothesis import strategies as st
 
 from companion import sde
 
-SDES = {
-    "VE": sde.VE(sigma_min=0.01, sigma_max=50.0),
-    "VP": sde.VP(beta_min=0.1, beta_max=20.0),
-    "SubVP": sde.SubVP(beta_min=0.1, beta_max=20.0),
-}
 TIMES = jnp.array([1e-3, 0.01, 0.1, 0.3, 0.5, 0.8, 1.0])
 
 
@@ -30,9 +25,8 @@ def closed_form(s, t):
     return np.exp(-0.5 * big_b), std
 
 
-@pytest.mark.parametrize("name", SDES)
-def test_marginal_matches_the_closed_forms(name):
-    s = SDES[name]
+def test_marginal_matches_the_closed_forms(any_sde):
+    s = any_sde
     x0 = jnp.arange(14.0).reshape(7, 2) - 5.0
     mean, std = s.marginal(x0, TIMES)
     coef, want_std = closed_form(s, TIMES)
@@ -42,9 +36,8 @@ def test_marginal_matches_the_closed_forms(name):
     assert mean.shape == x0.shape and std.shape == TIMES.shape
 
 
-@pytest.mark.parametrize("name", SDES)
-def test_closed_forms_in_float64(name):
-    s = SDES[name]
+def test_closed_forms_in_float64(any_sde):
+    s = any_sde
     with jax.enable_x64(True):
         t = jnp.asarray(np.asarray(TIMES, np.float64))
         mean, std = s.marginal(jnp.ones((7, 3), jnp.float64), t)
@@ -83,13 +76,12 @@ def test_kernel_solves_the_moment_odes(kind, lo, ratio, t):
         assert abs(float(rm)) <= 1e-9 * (1 + abs(float(s.drift_coefficient(t))))
 
 
-@pytest.mark.parametrize("name", SDES)
-def test_kernel_matches_a_simulation_of_drift_and_diffusion(name):
+def test_kernel_matches_a_simulation_of_drift_and_diffusion(any_sde):
     """Euler-Maruyama of the SDE's own drift and diffusion from x0 = 1.5 (20 000 paths,
     2000 steps) reproduces the kernel at t = 0.25, 0.5, 1. Tolerance: 5 standard errors
     (std/sqrt(n) for the mean, std/sqrt(2n) for the std) plus Euler-Maruyama's O(h) bias,
     at most ~0.5% of the std for h = 5e-4 (VE: log(5000) h; VP: beta h / 8)."""
-    s = SDES[name]
+    s = any_sde
     n, steps = 20_000, 2000
     ts = jnp.linspace(0.0, 1.0, steps + 1)
 
@@ -108,9 +100,8 @@ def test_kernel_matches_a_simulation_of_drift_and_diffusion(name):
         assert abs(float(x.std() - std)) < 5 * float(std) / math.sqrt(2 * n) + 0.005 * float(std)
 
 
-@pytest.mark.parametrize("name", SDES)
-def test_transition_composes_and_starts_the_kernel(name):
-    s = SDES[name]
+def test_transition_composes_and_starts_the_kernel(any_sde):
+    s = any_sde
     r, q = s.transition(0.0, 0.6)
     coef, std = closed_form(s, 0.6)
     np.testing.assert_allclose([float(r), float(q)], [coef, std], rtol=2e-5)
@@ -123,15 +114,14 @@ def test_transition_composes_and_starts_the_kernel(name):
     assert np.isfinite(float(q0))
 
 
-def test_ve_transition_is_song_et_al_sigma_difference():
-    s = SDES["VE"]
+def test_ve_transition_is_song_et_al_sigma_difference(ve):
+    s = ve
     _, q = s.transition(0.3, 0.31)
     np.testing.assert_allclose(float(q**2), float(s.sigma(0.31) ** 2 - s.sigma(0.3) ** 2), rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", SDES)
-def test_prior_sample_and_log_prob(name):
-    s = SDES[name]
+def test_prior_sample_and_log_prob(any_sde):
+    s = any_sde
     x = s.prior_sample(jax.random.key(1), (4000, 3))
     assert x.shape == (4000, 3) and x.dtype == jnp.float32
     prior_std = float(s.prior_std())
@@ -145,16 +135,15 @@ def test_prior_sample_and_log_prob(name):
     np.testing.assert_allclose(s.prior_log_prob(xi), s.prior_log_prob(xi.reshape(2, -1)), rtol=1e-6)
 
 
-def test_prior_is_what_song_et_al_use():
-    assert float(SDES["VE"].prior_std()) == pytest.approx(50.0, rel=1e-6)
-    assert float(SDES["VP"].prior_std()) == pytest.approx(1.0, abs=1e-4)
-    assert float(SDES["SubVP"].prior_std()) == pytest.approx(1.0, abs=1e-4)
-    assert SDES["VE"].T == 1.0
+def test_prior_is_what_song_et_al_use(ve, vp, subvp):
+    assert float(ve.prior_std()) == pytest.approx(50.0, rel=1e-6)
+    assert float(vp.prior_std()) == pytest.approx(1.0, abs=1e-4)
+    assert float(subvp.prior_std()) == pytest.approx(1.0, abs=1e-4)
+    assert ve.T == 1.0
 
 
-@pytest.mark.parametrize("name", SDES)
-def test_drift_diffusion_and_the_reverse_drifts(name):
-    s = SDES[name]
+def test_drift_diffusion_and_the_reverse_drifts(any_sde):
+    s = any_sde
     x = jnp.ones((3, 2)) * jnp.array([[1.0], [2.0], [-1.0]])
     t = jnp.array([0.2, 0.5, 0.9])
     a = s.drift_coefficient(t)
@@ -166,14 +155,13 @@ def test_drift_diffusion_and_the_reverse_drifts(name):
     assert s.drift(x, 0.0).shape == x.shape  # t = 0 is allowed for the drift
 
 
-def test_sub_vp_std_never_exceeds_vp_std():
+def test_sub_vp_std_never_exceeds_vp_std(vp, subvp):
     t = jnp.linspace(1e-4, 1.0, 5001)
-    assert jnp.all(SDES["SubVP"].kernel_std(t) <= SDES["VP"].kernel_std(t) + 1e-7)
+    assert jnp.all(subvp.kernel_std(t) <= vp.kernel_std(t) + 1e-7)
 
 
-@pytest.mark.parametrize("name", SDES)
-def test_no_nan_near_t_zero_in_float32(name):
-    s = SDES[name]
+def test_no_nan_near_t_zero_in_float32(any_sde):
+    s = any_sde
     t = jnp.array([1e-7, 1e-5, 1e-3], jnp.float32)
     std = s.kernel_std(t)
     assert jnp.all(jnp.isfinite(std)) and jnp.all(std > 0)
@@ -206,13 +194,13 @@ def test_parameters_of_the_wrong_type_raise_type_errors():
 
 
 @pytest.mark.parametrize("t", [0.0, -0.1, 1.5, [0.5, 2.0]])
-def test_marginal_outside_the_time_interval_raises(t):
+def test_marginal_outside_the_time_interval_raises(t, vp):
     with pytest.raises(ValueError, match="t"):
-        SDES["VP"].marginal(jnp.ones((2, 2)), jnp.asarray(t))
+        vp.marginal(jnp.ones((2, 2)), jnp.asarray(t))
 
 
-def test_bad_x_and_t_shapes_raise():
-    s = SDES["VE"]
+def test_bad_x_and_t_shapes_raise(ve):
+    s = ve
     with pytest.raises(ValueError, match="x"):
         s.drift(jnp.float32(1.0), 0.5)
     with pytest.raises(TypeError, match="x"):
