@@ -99,13 +99,28 @@ def check_cutoff(sde: LinearSDE, eps: float) -> float:
     return eps
 
 
-def _positive_float(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name}: expected a finite non-negative number, got {value}")
-    return value
+def _parameters(sde, low: str, high: str, *, positive: str, strict: bool) -> None:
+    """Check the frozen dataclass ``sde``'s parameters ``low`` and ``high`` and store them back
+    as floats: finite numbers >= 0, ``positive`` (one of the two) > 0, and ``low < high``
+    (``strict``) or ``low <= high``. The error (``TypeError`` / ``ValueError``) names the
+    parameter."""
+    values = {}
+    for name in (low, high):
+        value = getattr(sde, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+            raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+        value = float(value)
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name}: expected a finite non-negative number, got {value}")
+        values[name] = value
+    if values[positive] <= 0:
+        raise ValueError(f"{positive}: must be positive, got {values[positive]}")
+    lo, hi = values[low], values[high]
+    if (lo >= hi) if strict else (lo > hi):
+        order = ("smaller than", ">=") if strict else ("at most", ">")
+        raise ValueError(f"{low} must be {order[0]} {high}, got {lo} {order[1]} {hi}")
+    for name, value in values.items():
+        object.__setattr__(sde, name, value)
 
 
 # --------------------------------------------------------------------------- base class
@@ -215,14 +230,7 @@ class VE(LinearSDE):
     sigma_max: float = 50.0
 
     def __post_init__(self):
-        lo = _positive_float("sigma_min", self.sigma_min)
-        hi = _positive_float("sigma_max", self.sigma_max)
-        if lo <= 0:
-            raise ValueError(f"sigma_min: must be positive, got {lo}")
-        if lo >= hi:
-            raise ValueError(f"sigma_min must be smaller than sigma_max, got {lo} >= {hi}")
-        object.__setattr__(self, "sigma_min", lo)
-        object.__setattr__(self, "sigma_max", hi)
+        _parameters(self, "sigma_min", "sigma_max", positive="sigma_min", strict=True)
 
     @property
     def log_ratio(self) -> float:
@@ -259,14 +267,7 @@ class VP(LinearSDE):
     beta_max: float = 20.0
 
     def __post_init__(self):
-        lo = _positive_float("beta_min", self.beta_min)
-        hi = _positive_float("beta_max", self.beta_max)
-        if hi <= 0:
-            raise ValueError(f"beta_max: must be positive, got {hi}")
-        if hi < lo:
-            raise ValueError(f"beta_max must be at least beta_min, got {hi} < {lo}")
-        object.__setattr__(self, "beta_min", lo)
-        object.__setattr__(self, "beta_max", hi)
+        _parameters(self, "beta_min", "beta_max", positive="beta_max", strict=False)
 
     def beta(self, t: ArrayLike) -> jax.Array:
         return self.beta_min + jnp.asarray(t) * (self.beta_max - self.beta_min)
