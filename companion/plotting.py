@@ -6,12 +6,35 @@ made, so a chapter can still set titles, labels and legends itself.
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import matplotlib.collections as mcoll
 import matplotlib.colors as mcolors
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.container import BarContainer
+from matplotlib.contour import QuadContourSet
+from matplotlib.image import AxesImage
+from matplotlib.lines import Line2D
+from matplotlib.streamplot import StreamplotSet
+from matplotlib.typing import ColorType
+from numpy.typing import ArrayLike
+
+__all__ = [
+    "vector_field",
+    "trajectories",
+    "power_law_guide",
+    "paths_and_histogram",
+    "sample_panels",
+    "density_contours",
+    "image_grid",
+    "animation",
+]
+
+Limits = tuple[float, float]
 
 
 def _as_limits(lim, name: str) -> tuple[float, float]:
@@ -22,15 +45,15 @@ def _as_limits(lim, name: str) -> tuple[float, float]:
 
 
 def vector_field(
-    ax,
-    f: Callable,
-    xlim=(-2.0, 2.0),
-    ylim=(-2.0, 2.0),
+    ax: Axes,
+    f: Callable[[np.ndarray], ArrayLike],
+    xlim: Limits = (-2.0, 2.0),
+    ylim: Limits = (-2.0, 2.0),
     *,
     n: int = 30,
     cmap: str = "Greys",
-    **kwargs,
-):
+    **kwargs: Any,
+) -> StreamplotSet:
     """Stream lines of a planar vector field ``f`` on ``xlim`` x ``ylim``, darker where faster.
 
     ``f`` maps an array of points of shape ``(m, 2)`` to their velocities, shape
@@ -59,7 +82,9 @@ def vector_field(
     return artist
 
 
-def trajectories(ax, ys, *, color="C0", start_marker: str = "o", **kwargs):
+def trajectories(
+    ax: Axes, ys: ArrayLike, *, color: ColorType = "C0", start_marker: str = "o", **kwargs: Any
+) -> mcoll.LineCollection:
     """Planar solution curves ``ys`` of shape ``(k, m, 2)`` (k curves of m points each).
 
     Draws them as one :class:`~matplotlib.collections.LineCollection` (returned) and
@@ -76,7 +101,7 @@ def trajectories(ax, ys, *, color="C0", start_marker: str = "o", **kwargs):
     return lines
 
 
-def power_law_guide(ax, hs, order: float, through, **kwargs):
+def power_law_guide(ax: Axes, hs: ArrayLike, order: float, through: tuple[float, float], **kwargs: Any) -> Line2D:
     """A straight guide line ``C h**order`` on a log-log plot, through the point ``through``.
 
     ``hs`` are the abscissae it spans; ``through = (h0, e0)`` fixes ``C = e0 / h0**order``.
@@ -99,16 +124,16 @@ def power_law_guide(ax, hs, order: float, through, **kwargs):
 
 
 def paths_and_histogram(
-    ax_paths,
-    ax_hist,
-    ts,
-    xs,
+    ax_paths: Axes,
+    ax_hist: Axes,
+    ts: ArrayLike,
+    xs: ArrayLike,
     *,
     n_paths: int = 30,
     bins: int = 60,
-    density: Callable | None = None,
-    color="C0",
-):
+    density: Callable[[np.ndarray], ArrayLike] | None = None,
+    color: ColorType = "C0",
+) -> tuple[mcoll.LineCollection, BarContainer]:
     """Sample paths of a scalar SDE and the histogram of their values at the last time.
 
     ``ts`` has shape ``(m,)`` and ``xs`` shape ``(n, m)``: ``n`` paths at ``m`` times.
@@ -141,7 +166,16 @@ def paths_and_histogram(
     return lines, patches
 
 
-def sample_panels(axes, samples, titles=None, *, lim=(-4.0, 4.0), color="C0", s: float = 1.5, alpha: float = 0.4):
+def sample_panels(
+    axes: Axes | Sequence[Axes] | np.ndarray,
+    samples: Sequence[ArrayLike] | np.ndarray,
+    titles: Sequence[str] | None = None,
+    *,
+    lim: Limits = (-4.0, 4.0),
+    color: ColorType = "C0",
+    s: float = 1.5,
+    alpha: float = 0.4,
+) -> list[mcoll.PathCollection]:
     """Small multiples of 2-D samples: one scatter per axis, on the same square box.
 
     ``samples`` is a sequence (or an array of shape ``(k, n, 2)``) with one ``(n, 2)``
@@ -170,7 +204,15 @@ def sample_panels(axes, samples, titles=None, *, lim=(-4.0, 4.0), color="C0", s:
     return artists
 
 
-def density_contours(ax, log_prob: Callable, lim=(-4.0, 4.0), *, n: int = 120, levels: int = 6, **kwargs):
+def density_contours(
+    ax: Axes,
+    log_prob: Callable[[np.ndarray], ArrayLike],
+    lim: Limits = (-4.0, 4.0),
+    *,
+    n: int = 120,
+    levels: int = 6,
+    **kwargs: Any,
+) -> QuadContourSet:
     """Contours of a 2-D density given by ``log_prob``, a map from ``(m, 2)`` points to
     ``(m,)`` log densities, on the square box ``lim`` x ``lim``. Levels are spaced evenly
     between 2% and 90% of the largest density on the box (grey lines unless told
@@ -186,9 +228,96 @@ def density_contours(ax, log_prob: Callable, lim=(-4.0, 4.0), *, n: int = 120, l
     return ax.contour(X, Y, P, levels=np.linspace(0.02, 0.9, levels) * P.max(), **kwargs)
 
 
-def animation(frames, *, kind: str = "points", titles=None, lim=(-4.0, 4.0), background=None,
-              figsize=(3.2, 3.2), dpi: int = 60, interval: int = 120, cmap: str = "gray_r",
-              s: float = 2.0, color="C0", clim=None):
+# --------------------------------------------------------------------------- images (chapter 7)
+
+
+def image_grid(
+    ax: Axes,
+    images: ArrayLike,
+    ncols: int | None = None,
+    *,
+    titles: Sequence[str | None] | None = None,
+    row_labels: Sequence[str] | None = None,
+    clim: Limits | None = None,
+    cmap: str = "gray_r",
+    pad: int = 1,
+    fontsize: float = 9,
+) -> AxesImage:
+    """Grey images tiled row by row into one picture on ``ax``, with gaps between them.
+
+    ``images`` has shape ``(n, h, w)`` or ``(n, h, w, 1)`` (the layout of
+    :func:`companion.data.load_digits`); image ``i`` goes to row ``i // ncols``, column
+    ``i % ncols`` (``ncols`` defaults to ``ceil(sqrt(n))``). The gaps, ``pad`` pixels
+    wide, and the empty cells of the last row have the colour of the low grey level
+    ``clim[0]`` (white for ``"gray_r"``); ``clim = (low, high)`` defaults to the images'
+    range, so give it (e.g. ``(-1, 1)``) to draw several grids alike. ``titles``: one
+    string (or None) per image, written above it, the rows then spaced to make room;
+    ``row_labels``: one string per row, on the left. One ``imshow`` for the whole grid
+    (fast for hundreds of images); returns its :class:`~matplotlib.image.AxesImage`.
+    """
+    images = np.asarray(images, dtype=np.float64)
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    if images.ndim != 3 or images.shape[0] == 0:
+        raise ValueError(f"images: expected shape (n, h, w) or (n, h, w, 1) with n >= 1, got {images.shape}")
+    n, h, w = images.shape
+    if ncols is None:
+        ncols = math.ceil(math.sqrt(n))
+    if isinstance(ncols, bool) or not (isinstance(ncols, (int, np.integer)) and ncols >= 1):
+        raise ValueError(f"ncols: expected a positive integer, got {ncols!r}")
+    if isinstance(pad, bool) or not (isinstance(pad, (int, np.integer)) and pad >= 0):
+        raise ValueError(f"pad: expected an integer >= 0, got {pad!r}")
+    ncols = min(int(ncols), n)
+    nrows = math.ceil(n / ncols)
+    if titles is not None and len(titles) != n:
+        raise ValueError(f"titles: expected {n} strings (or None), one per image, got {len(titles)}")
+    if row_labels is not None and len(row_labels) != nrows:
+        raise ValueError(f"row_labels: expected {nrows} strings, one per row, got {len(row_labels)}")
+    low, high = _as_limits(clim, "clim") if clim is not None else (float(images.min()), float(images.max()))
+    if high <= low:  # constant images: any positive range draws them in the low colour
+        high = low + 1.0
+    # a title takes about 40% of an image's height at the default figure sizes
+    gap_y = pad + (math.ceil(0.4 * h) if titles is not None else 0)
+    cell_h, cell_w = h + gap_y, w + pad
+    top = gap_y if titles is not None else 0  # a title sits above its image, the first row's too
+    mosaic = np.full((nrows * cell_h - gap_y + top, ncols * cell_w - pad), low)
+    for i, image in enumerate(images):
+        r, c = divmod(i, ncols)
+        y0, x0 = top + r * cell_h, c * cell_w
+        mosaic[y0 : y0 + h, x0 : x0 + w] = image
+    artist = ax.imshow(mosaic, cmap=cmap, vmin=low, vmax=high, interpolation="nearest")
+    if titles is not None:
+        for i, title in enumerate(titles):
+            if title is not None:
+                r, c = divmod(i, ncols)
+                ax.text(c * cell_w + (w - 1) / 2, top + r * cell_h - 0.5 - pad / 2, str(title),
+                        ha="center", va="bottom", fontsize=fontsize)
+    ax.set_xticks([])
+    if row_labels is not None:
+        ax.set_yticks([top + r * cell_h + (h - 1) / 2 for r in range(nrows)], list(row_labels), fontsize=fontsize)
+        ax.tick_params(axis="y", length=0)
+    else:
+        ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    return artist
+
+
+def animation(
+    frames: ArrayLike,
+    *,
+    kind: str = "points",
+    titles: Sequence[str] | None = None,
+    lim: Limits = (-4.0, 4.0),
+    background: Callable[[Axes], Any] | None = None,
+    figsize: tuple[float, float] = (3.2, 3.2),
+    dpi: int = 60,
+    interval: int = 120,
+    cmap: str = "gray_r",
+    s: float = 2.0,
+    color: ColorType = "C0",
+    clim: Limits | None = None,
+):
     """A short animation as self-contained HTML (frames embedded, no player to fetch).
 
     ``frames``: for ``kind="points"`` an array ``(k, n, 2)``, one 2-D point cloud per

@@ -162,3 +162,60 @@ def test_animation_of_image_rows():
 def test_animation_rejects_bad_input(frames, kw, match):
     with pytest.raises(ValueError, match=match):
         plotting.animation(frames, **kw)
+
+
+# ------------------------------------------------------------------------- image grids (chapter 7)
+
+
+def test_image_grid_tiles_images_row_by_row_with_gaps_of_the_low_level(ax):
+    images = np.arange(5 * 2 * 3, dtype=float).reshape(5, 2, 3, 1) + 1.0  # (n, h, w, 1)
+    art = plotting.image_grid(ax, images, 3, clim=(0, 40))
+    mosaic = np.asarray(art.get_array())
+    assert mosaic.shape == (2 * 2 + 1, 3 * 3 + 2)  # 2 rows, 3 columns, 1-pixel gaps
+    np.testing.assert_array_equal(mosaic[0:2, 0:3], images[0, ..., 0])
+    np.testing.assert_array_equal(mosaic[0:2, 4:7], images[1, ..., 0])
+    np.testing.assert_array_equal(mosaic[3:5, 4:7], images[4, ..., 0])  # row 1, column 1
+    assert np.all(mosaic[2] == 0) and np.all(mosaic[:, 3] == 0)  # the gaps
+    assert np.all(mosaic[3:5, 8:11] == 0)  # the empty last cell
+    assert art.get_clim() == (0, 40) and art.get_cmap().name == "gray_r"
+    assert ax.get_xticks().size == 0 and ax.get_yticks().size == 0
+
+
+def test_image_grid_titles_and_row_labels(ax):
+    images = np.random.default_rng(0).uniform(-1, 1, size=(6, 8, 8))
+    titles = ["a", None, "c", "d", "e", "f"]
+    art = plotting.image_grid(ax, images, 3, titles=titles, row_labels=["top", "bottom"])
+    assert [t.get_text() for t in ax.texts] == ["a", "c", "d", "e", "f"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["top", "bottom"]
+    mosaic = np.asarray(art.get_array())
+    (rows,) = np.nonzero(np.isin(mosaic[:, 0], images[:, :, 0]))
+    # every title sits above its image, in the gap the titles make
+    first_rows = rows[np.r_[True, np.diff(rows) > 1]]
+    for text in ax.texts:
+        assert any(0 < r - text.get_position()[1] < 4 for r in first_rows)
+    assert art.get_clim() == pytest.approx((images.min(), images.max()))  # default: the data range
+
+
+def test_image_grid_default_columns_make_a_square():
+    fig, ax = plt.subplots()
+    art = plotting.image_grid(ax, np.zeros((10, 4, 4)), pad=0)
+    assert np.asarray(art.get_array()).shape == (3 * 4, 4 * 4)  # ceil(sqrt(10)) = 4 columns
+    plt.close(fig)
+
+
+@pytest.mark.parametrize(
+    "images, kw, match",
+    [
+        (np.zeros((4, 8)), {}, "images"),
+        (np.zeros((4, 8, 8, 3)), {}, "images"),
+        (np.zeros((0, 8, 8)), {}, "images"),
+        (np.zeros((4, 8, 8)), {"ncols": 0}, "ncols"),
+        (np.zeros((4, 8, 8)), {"pad": -1}, "pad"),
+        (np.zeros((4, 8, 8)), {"titles": ["a"]}, "titles"),
+        (np.zeros((4, 8, 8)), {"ncols": 2, "row_labels": ["a"]}, "row_labels"),
+        (np.zeros((4, 8, 8)), {"clim": (1, 0)}, "clim"),
+    ],
+)
+def test_image_grid_rejects_bad_input(ax, images, kw, match):
+    with pytest.raises(ValueError, match=match):
+        plotting.image_grid(ax, images, **kw)
