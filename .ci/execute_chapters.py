@@ -74,7 +74,7 @@ def fingerprint() -> str:
 
 def read_as_the_build_does(path: Path):
     """The notebook myst-nb builds from ``path`` (course transform, myst-nb reader)."""
-    import course  # book/_ext/course.py
+    import course  # book/_tools/course.py
     from myst_nb.core.read import read_myst_markdown_notebook
     from myst_parser.config.main import MdParserConfig
 

@@ -23,7 +23,7 @@ forward kernel p_0t(x_t | x_0) of the known values (:func:`impute`).
 
 The guided scores are pytree callables whose fields are the score model(s), the
 classifier, the labels and the scale: a sampler takes them as traced state
-(:func:`companion.sampling.traceable`), so one compiled sampler serves every scale,
+(``companion._common.traceable``), so one compiled sampler serves every scale,
 label and model of one architecture. The losses that train the classifier and the
 class-conditional model are :func:`companion.losses.classifier_loss` and
 :func:`companion.losses.label_dropout_loss`; the exact references for Gaussian mixtures

@@ -301,7 +301,7 @@ def mathjax_es5_dir() -> Path:
 
 
 COURSE_CSS = """\
-/* Written by book/_ext/course.py */
+/* Written by book/_ext/course_ext.py (book/_tools/course.py) */
 .colab-badge { margin: 0.2rem 0 1.2rem 0; }
 a.colab-link, a.colab-link:visited {
   display: inline-block; padding: 0.25em 0.8em; border-radius: 0.35em;

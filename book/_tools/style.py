@@ -8,8 +8,8 @@
   ``jupytext --pipe``), then moves comments that still overflow onto lines of their own,
   wrapped.
 - Inline code in the prose that names a public object of the companion
-  (`` `sampling.dpm_solver` ``, `` `companion.toy.exact_score` ``) is a link to its entry in
-  the API reference (``book/api.md``): ``{py:obj}`sampling.dpm_solver <companion.sampling.dpm_solver>```.
+  (`` `ode_sampling.dpm_solver` ``, `` `companion.toy.exact_score` ``) is a link to its entry in
+  the API reference (``book/api.md``): ``{py:obj}`ode_sampling.dpm_solver <companion.ode_sampling.dpm_solver>```.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ INLINE = re.compile(
 
 
 def resolve(path: str) -> str | None:
-    """``"sampling.dpm_solver"`` -> ``"companion.sampling.dpm_solver"`` when that is a public
+    """``"ode_sampling.dpm_solver"`` -> ``"companion.ode_sampling.dpm_solver"`` when that is a public
     object documented in the API page (module attribute, class or method), else None."""
     parts = path.split(".")
     if any(p.startswith("_") for p in parts):
