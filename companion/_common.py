@@ -168,7 +168,7 @@ def batch_times(x: jax.Array, t: Any) -> jax.Array:
 
 def norms(v: jax.Array) -> jax.Array:
     """Per-sample Euclidean norms over every non-batch axis of ``v`` ``(n, *dims)``, shape ``(n,)``."""
-    return jnp.sqrt(jnp.sum(v.reshape(v.shape[0], -1) ** 2, axis=1))
+    return jnp.sqrt(sq_norms(v))
 
 
 def sq_norms(v: jax.Array) -> jax.Array:

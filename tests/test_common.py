@@ -87,3 +87,28 @@ def test_batch_times_and_norms():
     t = _common.batch_times(x, 0.5)
     assert t.shape == (3,) and t.dtype == jnp.float32 and float(t[0]) == 0.5
     np.testing.assert_allclose(_common.norms(x), np.full(3, 2.0))
+
+
+def test_sq_norms_reduce_every_non_batch_axis():
+    v = jnp.arange(12.0).reshape(3, 2, 2)
+    expected = np.array([(np.arange(4.0) + 4 * i) @ (np.arange(4.0) + 4 * i) for i in range(3)])
+    np.testing.assert_allclose(_common.sq_norms(v), expected)
+    np.testing.assert_allclose(_common.norms(v), np.sqrt(expected), rtol=1e-6)
+
+
+def test_check_x_names_the_argument():
+    x = _common.check_x([[1.0, 2.0]], "x0")
+    assert x.shape == (1, 2)
+    with pytest.raises(ValueError, match="x0"):
+        _common.check_x(1.0, "x0")
+    with pytest.raises(TypeError, match="x0"):
+        _common.check_x(jnp.ones((2, 2), jnp.int32), "x0")
+
+
+def test_check_positive_int_separates_type_from_value():
+    assert _common.check_positive_int("steps", 3) == 3
+    for bad in (True, 2.0, "3"):
+        with pytest.raises(TypeError, match="steps"):
+            _common.check_positive_int("steps", bad)
+    with pytest.raises(ValueError, match="steps"):
+        _common.check_positive_int("steps", 0)
