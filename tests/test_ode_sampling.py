@@ -16,7 +16,9 @@ import pytest
 from companion import likelihood, metrics, ode_sampling, sampling, toy
 from companion import sde as sdes
 
-SDES = [sdes.VP(), sdes.VE(), sdes.SubVP()]
+from conftest import SDES as _BY_NAME  # the course's three SDEs, shared by the test files
+
+SDES = [_BY_NAME[name] for name in ("VP", "VE", "SubVP")]
 IDS = ["VP", "VE", "SubVP"]
 
 
@@ -148,15 +150,15 @@ def test_bad_arguments_are_named(call, match):
 MIX = toy.four_gaussians_2d()
 N = 2000
 DATA = MIX.sample(jax.random.key(123), N)
-BY_NAME = {"VE": sdes.VE(sigma_min=0.01, sigma_max=50.0), "VP": sdes.VP(), "SubVP": sdes.SubVP()}
-SCORES = {name: toy.exact_score(MIX, s) for name, s in BY_NAME.items()}  # one object each: jit cache hits
+
+SCORES = {name: toy.exact_score(MIX, s) for name, s in _BY_NAME.items()}  # one object each: jit cache hits
 
 
-@pytest.mark.parametrize("sde_name", BY_NAME)
+@pytest.mark.parametrize("sde_name", _BY_NAME)
 def test_probability_flow_recovers_the_mixture(sde_name):
     """With the exact score, within a factor 2 of the two-sample floor at n = 2000."""
     floor = metrics.two_sample_floor(jax.random.key(7), MIX.sample, N, n_repeats=10)
-    x, nfe = ode_sampling.probability_flow(BY_NAME[sde_name], SCORES[sde_name], jax.random.key(0), (N, 2),
+    x, nfe = ode_sampling.probability_flow(_BY_NAME[sde_name], SCORES[sde_name], jax.random.key(0), (N, 2),
                                            rtol=1e-4, atol=1e-4)
     assert x.shape == (N, 2) and x.dtype == jnp.float32 and jnp.all(jnp.isfinite(x))
     assert nfe <= 200
@@ -180,7 +182,7 @@ def test_bad_probability_flow_arguments(kwargs, arg):
     call.update(kwargs)
     shape = call.pop("shape")
     with pytest.raises(ValueError, match=arg):
-        ode_sampling.probability_flow(BY_NAME["VP"], SCORES["VP"], jax.random.key(0), shape, **call)
+        ode_sampling.probability_flow(_BY_NAME["VP"], SCORES["VP"], jax.random.key(0), shape, **call)
 
 
 # ------------------------------------------------------------------ encode and decode
@@ -188,7 +190,7 @@ def test_bad_probability_flow_arguments(kwargs, arg):
 
 def test_decode_inverts_encode_and_codes_are_gaussian():
     """The flow maps p_eps onto ~N(0, I) (VP) and back, each sample on its own."""
-    vp, score = BY_NAME["VP"], SCORES["VP"]
+    vp, score = _BY_NAME["VP"], SCORES["VP"]
     x = MIX.perturbed(vp, 1e-3).sample(jax.random.key(3), 400)
     z = ode_sampling.encode(vp, score, x, rtol=1e-6, atol=1e-6)
     back = ode_sampling.decode(vp, score, z, rtol=1e-6, atol=1e-6)
@@ -199,9 +201,9 @@ def test_decode_inverts_encode_and_codes_are_gaussian():
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda f: ode_sampling.encode(BY_NAME["VP"], f, jnp.zeros(3)), "x"),
-    (lambda f: ode_sampling.decode(BY_NAME["VP"], f, jnp.zeros((3, 2)), eps=0.0), "eps"),
-    (lambda f: ode_sampling.encode(BY_NAME["VP"], f, jnp.zeros((3, 2)), rtol=-1.0), "rtol"),
+    (lambda f: ode_sampling.encode(_BY_NAME["VP"], f, jnp.zeros(3)), "x"),
+    (lambda f: ode_sampling.decode(_BY_NAME["VP"], f, jnp.zeros((3, 2)), eps=0.0), "eps"),
+    (lambda f: ode_sampling.encode(_BY_NAME["VP"], f, jnp.zeros((3, 2)), rtol=-1.0), "rtol"),
 ])
 def test_bad_encode_arguments(call, match):
     with pytest.raises(ValueError, match=match):
@@ -214,7 +216,7 @@ def test_bad_encode_arguments(call, match):
 def test_the_fixed_grid_samplers_are_their_steps_on_the_grid():
     """dpm_solver and heun are their public steps on noise_level_grid, from xhat = x / m(T)
     to x = m(eps) xhat; euler_ode is euler_step on the uniform grid in x."""
-    s, score, key, shape = BY_NAME["VP"], SCORES["VP"], jax.random.key(6), (300, 2)
+    s, score, key, shape = _BY_NAME["VP"], SCORES["VP"], jax.random.key(6), (300, 2)
     x_T = s.prior_sample(key, shape)
     m_T, m_eps = s.mean_coefficient(1.0), s.mean_coefficient(1e-3)
     for order in (1, 2, 3):
@@ -238,7 +240,7 @@ def test_the_fixed_grid_samplers_are_their_steps_on_the_grid():
 
 def test_the_denoiser_is_the_posterior_mean_for_gaussian_data():
     """Data N(mu, c^2 I): E[x0 | xhat] = mu + c^2 (xhat - mu) / (c^2 + sigma^2)."""
-    s, mu, c = BY_NAME["VP"], jnp.array([1.0, -0.5]), 0.3
+    s, mu, c = _BY_NAME["VP"], jnp.array([1.0, -0.5]), 0.3
     score = toy.exact_score(toy.GaussianMixture([mu], [c**2 * jnp.eye(2)], [1.0]), s)
     xhat, t = jax.random.normal(jax.random.key(0), (10, 2)), jnp.float32(0.4)
     sig2 = ode_sampling.noise_level(s, t) ** 2
@@ -254,7 +256,7 @@ def _mlp(seed):
 
     from companion import nets
 
-    return nets.ScoreMLP(2, hidden=16, depth=2, sde=BY_NAME["VP"], rngs=nnx.Rngs(seed))
+    return nets.ScoreMLP(2, hidden=16, depth=2, sde=_BY_NAME["VP"], rngs=nnx.Rngs(seed))
 
 
 @pytest.mark.parametrize("name", ["probability_flow", "dpm_solver", "heun", "euler_ode", "log_prob", "sde_bound"])
@@ -263,7 +265,7 @@ def test_two_models_of_one_architecture_compile_once(name):
     the same architecture reuses the compiled sampler, and gives its own samples, equal
     to float32 rounding to those of the same model behind a plain (static) function.
     (log_prob and sde_bound of companion.likelihood solve the same flow.)"""
-    vp = BY_NAME["VP"]
+    vp = _BY_NAME["VP"]
     call = {
         "probability_flow": (lambda f: ode_sampling.probability_flow(vp, f, jax.random.key(0), (64, 2),
                                                                      rtol=1e-3, atol=1e-3), ode_sampling._solve_flow),
@@ -292,7 +294,7 @@ def test_two_models_of_one_architecture_compile_once(name):
 
 
 def test_one_compilation_serves_every_number_of_steps_and_order():
-    s, score = BY_NAME["VE"], SCORES["VE"]
+    s, score = _BY_NAME["VE"], SCORES["VE"]
     ode_sampling.dpm_solver(s, score, jax.random.key(0), (32, 2), n_steps=4)
     size = ode_sampling._solve_fixed._cache_size()
     for n, order in ((7, 3), (5, 1), (9, 2)):

@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 
 from companion import sde, toy
 
-SDES = [sde.VE(sigma_min=0.01, sigma_max=50.0), sde.VP(), sde.SubVP()]
+from conftest import SDES as _BY_NAME  # the course's three SDEs, shared by the test files
+
+SDES = list(_BY_NAME.values())  # VE, VP, SubVP
 
 
 def random_mixture(seed, K, d):
