@@ -99,11 +99,13 @@ def time_plain_scan(steps, repeats):
     return steps / best, float(values[-200:].mean())
 
 
-def time_torch(steps, repeats):
+def time_torch(steps, repeats, threads=None):
     try:
         import torch
     except ImportError:
         return None
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     vp = sdes.VP()
     beta0, beta1 = float(vp.beta_min), float(vp.beta_max)
@@ -157,7 +159,7 @@ def time_torch(steps, repeats):
         for _ in range(steps):
             last = step()
         best = min(best, CLOCK() - t0)
-    return steps / best, float(last), torch.__version__, torch.get_num_threads()
+    return steps / best, float(last.detach()), torch.__version__, torch.get_num_threads()
 
 
 def main(argv=None):
@@ -166,6 +168,9 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--steps-per-call", type=int, default=500)
     p.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
+    # torch's default is one thread per core; on a shared 2-core machine its threads
+    # contend (measured: 69 steps/s with 2 threads against 396 with 1, cpu clock)
+    p.add_argument("--torch-threads", type=int, default=None)
     a = p.parse_args(argv)
     global CLOCK
     CLOCK = time.process_time if a.clock == "cpu" else time.perf_counter
@@ -176,7 +181,7 @@ def main(argv=None):
     fit, fit_loss = time_fit(a.steps, a.repeats, a.steps_per_call)
     rows = [("plain jitted lax.scan", plain, plain_loss),
             (f"training.fit (steps_per_call={a.steps_per_call})", fit, fit_loss)]
-    torch_row = time_torch(a.steps, a.repeats)
+    torch_row = time_torch(a.steps, a.repeats, a.torch_threads)
     for name, rate, last in rows:
         print(f"  {name:42s} {rate:8.0f} steps/s   mean loss, last 200 steps {last:.4f}")
     print(f"  fit / plain scan: {fit / plain:.3f}")
