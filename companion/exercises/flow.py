@@ -24,7 +24,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from companion import sde as sdes
-from companion.exercises._core import Mismatch, as_array, as_pair, exercise, expect_close
+from companion.exercises._core import (
+    Mismatch,
+    as_array,
+    as_pair,
+    call_compiled,
+    exercise,
+    expect_close,
+)
 
 # ----------------------------------------------------------------------------- references
 
@@ -83,8 +90,9 @@ def _test_pf_drift(fn):
         x = _f32(rng.normal(size=(n, d)) * 2)
         t = _f32(rng.uniform(0.05, 1.0, size=n))
         label = f"pf_drift ({type(sde).__name__} SDE)"
-        got = fn(sde, score, x, t)
-        expect_close(got, _pf_drift(sde, score, x, t), what=label, rtol=1e-4, atol=1e-4)
+        got = call_compiled(fn, sde, score, x, t)
+        want = call_compiled(_pf_drift, sde, score, x, t)
+        expect_close(got, want, what=label, rtol=1e-4, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------- divergence
@@ -115,8 +123,8 @@ def _test_divergence(fn):
     ]
     for label, f, d in cases:
         x = _f32(rng.normal(size=(6, d)))
-        got = fn(f, x)
-        want = _divergence(f, x)
+        got = call_compiled(fn, f, x)
+        want = call_compiled(_divergence, f, x)
         arr = as_array(got, f"divergence ({label})")
         if arr.shape != want.shape:
             raise Mismatch(f"divergence ({label}): expected one value per sample, shape {want.shape}, got {arr.shape}")
@@ -208,9 +216,9 @@ _AUG_RTOL, _AUG_ATOL = 1e-4, 1e-4
 
 def _test_log_density_ode_impl(fn):
     for label, velocity, x, t in _velocity_cases():
-        want_dx, want_dl = _log_density_ode(velocity, x, t)
+        want_dx, want_dl = call_compiled(_log_density_ode, velocity, x, t)
         what = f"case '{label}'"
-        got = fn(velocity, x, t)
+        got = call_compiled(fn, velocity, x, t)
         dx, dl = as_pair(got, what, "dx/dt", "d log p/dt")
         expect_close(dx, want_dx, what=what + ", dx/dt", rtol=_AUG_RTOL, atol=_AUG_ATOL)
         want_dl = np.asarray(want_dl, np.float64)

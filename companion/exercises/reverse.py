@@ -17,6 +17,8 @@ fixed seed. Messages say how an answer is wrong, never what the right value is.
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -58,21 +60,32 @@ def _toy_score(x, t):
     return -(x - 1.0) / (0.05 + t)
 
 
+@functools.cache
+def _sdes_and_scores():
+    """(name, sde, exact score of the four-Gaussian mixture under it) for the course's
+    three SDEs and one more. Built once and shared by every test of this module: each
+    score function compiles its program once per shape, not once per test."""
+    mix = toy.four_gaussians_2d()
+    return tuple(
+        (name, s, toy.exact_score(mix, s))
+        for name, s in [
+            ("VE(0.01, 50)", sde_lib.VE(sigma_min=0.01, sigma_max=50.0)),
+            ("VP(0.1, 20)", sde_lib.VP(beta_min=0.1, beta_max=20.0)),
+            ("sub-VP(0.1, 20)", sde_lib.SubVP(beta_min=0.1, beta_max=20.0)),
+            ("VP(1, 5)", sde_lib.VP(beta_min=1.0, beta_max=5.0)),
+        ]
+    )
+
+
 def _cases(seed):
     """(label, sde, score_fn, x (n, 2) float32, t) for the course's three SDEs."""
     rng = np.random.default_rng(seed)
-    mix = toy.four_gaussians_2d()
     cases = []
-    for name, s in [
-        ("VE(0.01, 50)", sde_lib.VE(sigma_min=0.01, sigma_max=50.0)),
-        ("VP(0.1, 20)", sde_lib.VP(beta_min=0.1, beta_max=20.0)),
-        ("sub-VP(0.1, 20)", sde_lib.SubVP(beta_min=0.1, beta_max=20.0)),
-        ("VP(1, 5)", sde_lib.VP(beta_min=1.0, beta_max=5.0)),
-    ]:
+    for name, s, exact in _sdes_and_scores():
         t = float(rng.uniform(0.3, 0.9))
         spread = float(np.sqrt(4.25 * s.mean_coefficient(t) ** 2 + s.kernel_std(t) ** 2))
         x = jnp.asarray(spread * rng.normal(size=(6, 2)), jnp.float32)
-        cases.append((f"{name}, exact mixture score, t = {t:.2f}", s, toy.exact_score(mix, s), x, t))
+        cases.append((f"{name}, exact mixture score, t = {t:.2f}", s, exact, x, t))
         x = jnp.asarray(rng.normal(size=(5, 2)), jnp.float32)
         cases.append((f"{name}, a simple time-dependent score, t = {t:.2f}", s, _toy_score, x, t))
     return cases
@@ -416,6 +429,7 @@ def _test_reverse_sampler_impl(fn):
         "companion.sampling:reverse_diffusion_step",
         "companion.sampling:predictor_corrector",
         "companion.sampling:probability_flow",
+        "companion.ode_sampling:probability_flow",
         "companion.sampling:reverse_loop",
         "companion.sde:LinearSDE.reverse_drift",
         "companion.sde:LinearSDE.probability_flow_drift",
@@ -424,4 +438,3 @@ def _test_reverse_sampler_impl(fn):
 )
 def _test_reverse_sampler(fn):
     _test_reverse_sampler_impl(fn)
-        "companion.ode_sampling:probability_flow",
