@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from companion import exercises
-from companion.exercises import _core
+from companion.exercises import _core, _progress
 from companion.exercises._core import exercise
 
 
@@ -17,7 +17,7 @@ from companion.exercises._core import exercise
 def progress_file(tmp_path, monkeypatch):
     """Every test gets its own progress file (never the reader's real one)."""
     path = tmp_path / "data" / "progress.json"
-    monkeypatch.setenv(_core.PROGRESS_ENV, str(path))
+    monkeypatch.setenv(_progress.PROGRESS_ENV, str(path))
     return path
 
 
@@ -106,7 +106,7 @@ def test_a_corrupt_progress_file_is_no_progress(progress_file, content):
 def test_an_unwritable_progress_file_never_breaks_check(tmp_path, monkeypatch):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    monkeypatch.setenv(_core.PROGRESS_ENV, str(blocker / "sub" / "progress.json"))
+    monkeypatch.setenv(_progress.PROGRESS_ENV, str(blocker / "sub" / "progress.json"))
     assert exercises.check("euler_step", exercises.get("euler_step").reference, verbose=False)
     assert not any(exercises.progress().values())
 
@@ -136,13 +136,13 @@ def test_progress_is_kept_across_kernels(progress_file):
     ],
 )
 def test_progress_path_follows_the_platform(monkeypatch, platform, env, expected):
-    monkeypatch.delenv(_core.PROGRESS_ENV)
+    monkeypatch.delenv(_progress.PROGRESS_ENV)
     for var in ("XDG_DATA_HOME", "APPDATA"):
         monkeypatch.delenv(var, raising=False)
     for var, value in env.items():
         monkeypatch.setenv(var, value)
-    monkeypatch.setattr(_core.sys, "platform", platform)
-    home = str(_core.Path.home())
+    monkeypatch.setattr(_progress.sys, "platform", platform)
+    home = str(_progress.Path.home())
     assert str(exercises.progress_path()) == expected.replace("HOME", home)
 
 
@@ -297,7 +297,7 @@ def test_a_cached_pass_is_still_recorded_in_the_progress_file(
 
     assert exercises.check("twice", answer, verbose=False)
     elsewhere = tmp_path / "elsewhere.json"
-    monkeypatch.setenv(_core.PROGRESS_ENV, str(elsewhere))
+    monkeypatch.setenv(_progress.PROGRESS_ENV, str(elsewhere))
     assert exercises.check("twice", answer, verbose=False)
     assert len(counted) == 1
     assert "twice" in json.loads(elsewhere.read_text())["passed"]

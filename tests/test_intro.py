@@ -34,15 +34,15 @@ def test_the_progress_file_is_where_the_introduction_says(monkeypatch):
     # "~/.local/share/score-sde-course/progress.json on Linux and Colab"
     import sys
 
-    from companion.exercises import _core
+    from companion.exercises import _progress
 
     assert "~/.local/share/score-sde-course/progress.json" in INTRO
-    assert "COMPANION_PROGRESS_FILE" in INTRO and _core.PROGRESS_ENV == "COMPANION_PROGRESS_FILE"
-    monkeypatch.delenv(_core.PROGRESS_ENV, raising=False)
+    assert "COMPANION_PROGRESS_FILE" in INTRO and _progress.PROGRESS_ENV == "COMPANION_PROGRESS_FILE"
+    monkeypatch.delenv(_progress.PROGRESS_ENV, raising=False)
     monkeypatch.delenv("XDG_DATA_HOME", raising=False)
     monkeypatch.setattr(sys, "platform", "linux")
     path = exercises.progress_path()
-    assert str(path).replace(str(_core.Path.home()), "~") == (
+    assert str(path).replace(str(_progress.Path.home()), "~") == (
         "~/.local/share/score-sde-course/progress.json")
 
 

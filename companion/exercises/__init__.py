@@ -18,8 +18,8 @@ from companion.exercises._core import (
     hint,
     names,
     progress,
-    progress_path,
 )
+from companion.exercises._progress import progress_path
 
 # Importing a chapter's module registers its exercises (book order is by chapter number).
 from companion.exercises import odes  # noqa: F401  chapter 1

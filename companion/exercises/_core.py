@@ -12,12 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import functools
 import importlib
-import json
-import os
-import sys
 import traceback
 import types
 import weakref
@@ -25,6 +21,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from companion.exercises._progress import progress_path, read_passed, record_pass
+
+__all__ = [
+    "Mismatch", "WriteItYourself", "Exercise", "exercise", "blocking", "Text", "hint", "names",
+    "get", "check", "Progress", "progress", "call_compiled", "as_array", "is_close", "as_pair",
+    "expect_close",
+]
 
 
 class Mismatch(AssertionError):
@@ -194,13 +198,13 @@ def check(name: str, fn: Callable, *, verbose: bool = True) -> bool:
         ref, seen, passed, text = cached
         if ref() is fn and _same(seen, fingerprint):
             if passed:
-                _record_pass(name)  # the progress file may have moved since
+                record_pass(name)  # the progress file may have moved since
             return _report(verbose, text, passed)
     passed, text = _run(ex, fn)
     if fingerprint is not None:
         _LAST[name] = (weakref.ref(fn), fingerprint, passed, text)
     if passed:
-        _record_pass(name)
+        record_pass(name)
     return _report(verbose, text, passed)
 
 
@@ -289,56 +293,6 @@ def _last_frame_outside_companion(e: BaseException) -> str:
 
 # ------------------------------------------------------------------------------ progress
 
-#: Environment variable naming the progress file (a path); overrides the default.
-PROGRESS_ENV = "COMPANION_PROGRESS_FILE"
-
-
-def progress_path() -> Path:
-    """Where the passed exercises are kept: ``$COMPANION_PROGRESS_FILE`` if set, else
-    ``progress.json`` in the user's data directory (``$XDG_DATA_HOME`` or
-    ``~/.local/share`` on Linux and Colab, ``~/Library/Application Support`` on macOS,
-    ``%APPDATA%`` on Windows), in a folder ``score-sde-course``."""
-    override = os.environ.get(PROGRESS_ENV)
-    if override:
-        return Path(override).expanduser()
-    home = Path.home()
-    if sys.platform.startswith("win"):
-        base = Path(os.environ.get("APPDATA") or home / "AppData" / "Roaming")
-    elif sys.platform == "darwin":
-        base = home / "Library" / "Application Support"
-    else:
-        base = Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share")
-    return base / "score-sde-course" / "progress.json"
-
-
-def _read_passed() -> dict[str, str]:
-    # A missing, unreadable or corrupt file is no progress, never an error.
-    try:
-        data = json.loads(progress_path().read_text(encoding="utf-8"))
-        passed = data["passed"]
-        return {str(k): str(v) for k, v in passed.items()}
-    except Exception:
-        return {}
-
-
-def _record_pass(name: str) -> None:
-    # Best effort: a read-only home or a full disk must not break a notebook.
-    try:
-        passed = _read_passed()
-        if name in passed:
-            return
-        passed[name] = datetime.datetime.now(datetime.timezone.utc).isoformat(
-            timespec="seconds"
-        )
-        path = progress_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"version": 1, "passed": passed}, indent=1), encoding="utf-8")
-        os.replace(tmp, path)
-    except Exception:
-        pass
-
-
 class Progress(dict):
     """Every exercise of the course (book order) mapped to whether it has been passed.
 
@@ -369,7 +323,7 @@ def progress() -> Progress:
     environment variable ``COMPANION_PROGRESS_FILE`` to keep it elsewhere). A missing or
     corrupt file counts as no progress.
     """
-    passed = _read_passed()
+    passed = read_passed()
     return Progress((n, n in passed) for n in names())
 
 
@@ -432,11 +386,14 @@ def as_pair(got: Any, what: str, first: str, second: str) -> tuple[np.ndarray, n
     return as_array(got[0], f"{what}, {first}"), as_array(got[1], f"{what}, {second}")
 
 
-def expect_close(got: Any, want: Any, *, what: str, rtol: float, atol: float) -> None:
+def expect_close(got: Any, want: Any, *, what: str, rtol: float, atol: float,
+                 diagnose: Callable[[np.ndarray], str | None] | None = None) -> None:
     """Compare the reader's ``got`` with the reference ``want`` (shape, finiteness, values).
 
     The message gives the shape expected (shapes are part of the question), the number
-    of entries that differ and the size of the error, never the reference values.
+    of entries that differ and the size of the error, never the reference values. When
+    the shape is right, the values finite but not close, ``diagnose(arr)`` may name the
+    mistake (a known wrong formula that matches); its message is raised instead.
     """
     arr = as_array(got, what)
     want = np.asarray(want, dtype=np.float64)
@@ -445,6 +402,10 @@ def expect_close(got: Any, want: Any, *, what: str, rtol: float, atol: float) ->
     if not np.all(np.isfinite(arr)):
         raise Mismatch(f"{what}: the result contains NaN or inf")
     close = np.isclose(arr, want, rtol=rtol, atol=atol)
+    if not np.all(close) and diagnose is not None:
+        msg = diagnose(arr)
+        if msg:
+            raise Mismatch(f"{what}: {msg}")
     if not np.all(close):
         err = np.max(np.abs(arr - want) / (atol + rtol * np.abs(want)))
         raise Mismatch(

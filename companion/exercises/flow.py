@@ -33,6 +33,8 @@ from companion.exercises._core import (
     expect_close,
 )
 
+__all__: list[str] = []  # importing the module registers its exercises; nothing to import
+
 # ----------------------------------------------------------------------------- references
 
 

@@ -21,6 +21,8 @@ import numpy as np
 
 from companion.exercises._core import Mismatch, as_array, exercise, expect_close
 
+__all__: list[str] = []  # importing the module registers its exercises; nothing to import
+
 # ----------------------------------------------------------------------------- references
 
 

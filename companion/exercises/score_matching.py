@@ -24,6 +24,8 @@ import numpy as np
 from companion import sde as sdes
 from companion.exercises._core import Mismatch, as_array, call_compiled, exercise, expect_close
 
+__all__: list[str] = []  # importing the module registers its exercises; nothing to import
+
 # ----------------------------------------------------------------------------- references
 
 

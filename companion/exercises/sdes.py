@@ -20,6 +20,8 @@ import numpy as np
 
 from companion.exercises._core import Mismatch, as_array, as_pair, exercise, expect_close, is_close
 
+__all__: list[str] = []  # importing the module registers its exercises; nothing to import
+
 # ----------------------------------------------------------------------------- references
 
 
