@@ -334,3 +334,51 @@ def test_a_real_exercise_runs_its_hidden_tests_once_per_function(monkeypatch):
     assert exercises.check("euler_step", euler_step, verbose=False)
     assert not exercises.check("euler_step", lambda f, y, t, h: y, verbose=False)
     assert len(runs) == 2
+
+
+# ------------------------------------------------------------ calling the reader's function
+
+
+def test_call_compiled_gives_what_the_function_gives():
+    import jax.numpy as jnp
+    import numpy as np
+
+    def f(x, c):
+        return x * c + 1
+
+    x = jnp.arange(3.0)
+    np.testing.assert_allclose(_core.call_compiled(f, x, 2.0), f(x, 2.0))
+    cases = [(jnp.arange(3.0), 2.0), (jnp.ones((2, 2)), -1.0)]
+    for got, args in zip(_core.call_compiled_each(f, cases), cases):
+        np.testing.assert_allclose(got, f(*args))
+
+
+def test_call_compiled_each_traces_every_case_into_one_program():
+    import jax
+    import jax.numpy as jnp
+
+    seen = []
+
+    def f(x):
+        seen.append(isinstance(x, jax.core.Tracer))
+        return x + 1
+
+    out = list(_core.call_compiled_each(f, [(jnp.zeros(2),), (jnp.zeros(3),)]))
+    assert [o.shape for o in out] == [(2,), (3,)]
+    assert seen == [True, True]  # each case traced once, none run op by op
+
+
+def test_a_function_that_cannot_be_traced_is_called_as_it_is_case_by_case():
+    import jax.numpy as jnp
+    import numpy as np
+
+    def f(x):
+        if float(x[0]) > 0:  # Python control flow on a value: not traceable
+            raise ValueError("a positive first entry")
+        return x * 2
+
+    assert float(_core.call_compiled(f, jnp.full(2, -1.0))[0]) == -2.0
+    results = _core.call_compiled_each(f, [(jnp.zeros(2),), (jnp.ones(2),)])
+    np.testing.assert_allclose(next(results), 0.0)  # the first case, before the failure
+    with pytest.raises(ValueError, match="positive"):
+        next(results)

@@ -22,11 +22,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from companion.exercises._calling import call_compiled, call_compiled_each
 from companion.exercises._progress import progress_path, read_passed, record_pass
 
 __all__ = [
     "Mismatch", "WriteItYourself", "Exercise", "exercise", "blocking", "Text", "hint", "names",
-    "get", "check", "Progress", "progress", "call_compiled", "as_array", "is_close", "as_pair",
+    "get", "check", "Progress", "progress", "call_compiled", "call_compiled_each", "as_array",
+    "is_close", "as_pair",
     "expect_close",
 ]
 
@@ -325,36 +327,6 @@ def progress() -> Progress:
     """
     passed = read_passed()
     return Progress((n, n in passed) for n in names())
-
-
-# ------------------------------------------------------------------------------ calling
-
-
-def call_compiled(fn: Callable, *args: Any) -> Any:
-    """``fn(*args)``, traced and compiled by ``jax.jit`` as one program: the array
-    arguments traced, every other argument (functions, SDEs, Python numbers) fixed.
-
-    Run op by op, a reader's function compiles every operation separately for every new
-    shape (a hidden test's small inputs are all new shapes): hundreds of tiny
-    compilations, seconds on a CPU, where one program per case costs a fraction. A
-    function that cannot be traced (Python control flow on array values, NumPy
-    conversions), or that raises, is called again as it is, so a check accepts and
-    reports exactly what it would without this.
-    """
-    import jax  # the framework itself does not need JAX; only the tests that use this
-
-    traced = [i for i, a in enumerate(args) if isinstance(a, (jax.Array, np.ndarray))]
-
-    def with_arrays(*arrays):
-        full = list(args)
-        for i, a in zip(traced, arrays):
-            full[i] = a
-        return fn(*full)
-
-    try:
-        return jax.jit(with_arrays)(*(args[i] for i in traced))
-    except Exception:
-        return fn(*args)
 
 
 # --------------------------------------------------------------------------- comparisons

@@ -28,7 +28,7 @@ from companion.exercises._core import (
     Mismatch,
     as_array,
     as_pair,
-    call_compiled,
+    call_compiled_each,
     exercise,
     expect_close,
 )
@@ -82,6 +82,7 @@ def _f32(a):
 )
 def _test_pf_drift(fn):
     rng = _rng()
+    labels, cases = [], []
     for sde in (sdes.VP(), sdes.VE(), sdes.SubVP()):
         d, n = 2, 5
         mu = _f32(rng.normal(size=d))
@@ -91,9 +92,10 @@ def _test_pf_drift(fn):
 
         x = _f32(rng.normal(size=(n, d)) * 2)
         t = _f32(rng.uniform(0.05, 1.0, size=n))
-        label = f"pf_drift ({type(sde).__name__} SDE)"
-        got = call_compiled(fn, sde, score, x, t)
-        want = call_compiled(_pf_drift, sde, score, x, t)
+        labels.append(f"pf_drift ({type(sde).__name__} SDE)")
+        cases.append((sde, score, x, t))
+    wants = call_compiled_each(_pf_drift, cases)
+    for label, got, want in zip(labels, call_compiled_each(fn, cases), wants):
         expect_close(got, want, what=label, rtol=1e-4, atol=1e-4)
 
 
@@ -123,10 +125,9 @@ def _test_divergence(fn):
         ("a nonlinear map, d = 3", lambda x: jnp.tanh(x @ A.T) * x[:, :1] + x**3, 3),
         ("a nonlinear map, d = 2", lambda x: jnp.sin(x @ B) + 0.1 * jnp.sum(x**2, 1, keepdims=True) * x, 2),
     ]
-    for label, f, d in cases:
-        x = _f32(rng.normal(size=(6, d)))
-        got = call_compiled(fn, f, x)
-        want = call_compiled(_divergence, f, x)
+    args = [(f, _f32(rng.normal(size=(6, d)))) for _, f, d in cases]
+    wants = call_compiled_each(_divergence, args)
+    for (label, _, _), got, want in zip(cases, call_compiled_each(fn, args), wants):
         arr = as_array(got, f"divergence ({label})")
         if arr.shape != want.shape:
             raise Mismatch(f"divergence ({label}): expected one value per sample, shape {want.shape}, got {arr.shape}")
@@ -217,10 +218,11 @@ _AUG_RTOL, _AUG_ATOL = 1e-4, 1e-4
 
 
 def _test_log_density_ode_impl(fn):
-    for label, velocity, x, t in _velocity_cases():
-        want_dx, want_dl = call_compiled(_log_density_ode, velocity, x, t)
+    cases = _velocity_cases()
+    args = [(velocity, x, t) for _, velocity, x, t in cases]
+    wants = call_compiled_each(_log_density_ode, args)
+    for (label, _, x, _), got, (want_dx, want_dl) in zip(cases, call_compiled_each(fn, args), wants):
         what = f"case '{label}'"
-        got = call_compiled(fn, velocity, x, t)
         dx, dl = as_pair(got, what, "dx/dt", "d log p/dt")
         expect_close(dx, want_dx, what=what + ", dx/dt", rtol=_AUG_RTOL, atol=_AUG_ATOL)
         want_dl = np.asarray(want_dl, np.float64)

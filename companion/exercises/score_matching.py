@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from companion import sde as sdes
-from companion.exercises._core import Mismatch, as_array, call_compiled, exercise, expect_close
+from companion.exercises._core import Mismatch, as_array, call_compiled_each, exercise, expect_close
 
 __all__: list[str] = []  # importing the module registers its exercises; nothing to import
 
@@ -94,9 +94,9 @@ def _test_dsm_loss(fn):
         t = _f32(rng.uniform(0.05, 1.0, size=n))
         z = _f32(rng.normal(size=(n, d)))
         cases.append((type(sde).__name__, score, sde, x0, t, z))
-    for label, score, sde, x0, t, z in cases:
-        got = call_compiled(fn, score, sde, x0, t, z)
-        want = call_compiled(_dsm_loss, score, sde, x0, t, z)
+    args = [case[1:] for case in cases]
+    wants = call_compiled_each(_dsm_loss, args)
+    for (label, *_), got, want in zip(cases, call_compiled_each(fn, args), wants):
         arr = as_array(got, f"dsm_loss ({label} SDE)")
         if arr.shape != want.shape:
             raise Mismatch(f"dsm_loss ({label} SDE): expected one loss per sample, shape {want.shape}, got {arr.shape}")
@@ -126,21 +126,26 @@ def _test_hutchinson_trace(fn):
     def linear(x):
         return x @ A.T
 
+    labels, args = [], []
     for label, f, P in (("a nonlinear function, 1 probe", nonlinear, 1),
                         ("a nonlinear function, 5 probes", nonlinear, 5),
                         ("a linear function, 4 probes", linear, 4)):
         x = _f32(rng.normal(size=(7, 3)))
         v = _f32(rng.choice([-1.0, 1.0], size=(P, 7, 3)))
-        got = call_compiled(fn, f, x, v)
-        want = call_compiled(_hutchinson_trace, f, x, v)
+        labels.append(label)
+        args.append((f, x, v))
+    # with many Gaussian probes the estimate must approach the exact trace
+    x = _f32(rng.normal(size=(2, 3)))
+    v = _f32(rng.normal(size=(4000, 2, 3)))
+    gots = call_compiled_each(fn, args)
+    for label, got, want in zip(labels, gots, call_compiled_each(_hutchinson_trace, args)):
         arr = as_array(got, f"hutchinson_trace ({label})")
         if arr.shape != want.shape:
             raise Mismatch(f"hutchinson_trace ({label}): expected one estimate per sample, shape {want.shape}, got {arr.shape}")
         expect_close(got, want, what=f"hutchinson_trace ({label})", rtol=1e-4, atol=1e-5)
-    # with many Gaussian probes the estimate must approach the exact trace
-    x = _f32(rng.normal(size=(2, 3)))
-    v = _f32(rng.normal(size=(4000, 2, 3)))
-    got = as_array(call_compiled(fn, nonlinear, x, v), "hutchinson_trace (4000 Gaussian probes)")
+    # called as it is: traced, a Python loop over the 4000 probes (a right answer) would
+    # unroll into a program that takes minutes to compile
+    got = as_array(fn(nonlinear, x, v), "hutchinson_trace (4000 Gaussian probes)")
     jacobians = jax.jit(jax.vmap(jax.jacfwd(lambda xi: nonlinear(xi[None])[0])))(x)
     exact = np.trace(np.asarray(jacobians, np.float64), axis1=1, axis2=2)
     if got.shape != exact.shape or np.max(np.abs(got - exact)) > 0.3:  # ~6 standard errors
