@@ -15,12 +15,14 @@ Inputs come from fixed seeds; messages say how an answer is wrong, never what is
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from companion import sde as sde_lib
 from companion import toy
-from companion.exercises._core import Mismatch, as_array, as_pair, exercise, expect_close, is_close
+from companion.exercises._core import (Mismatch, as_array, as_pair, call_compiled_each, exercise,
+                                        expect_close, is_close)
 
 __all__: list[str] = []  # importing the module registers its exercises; nothing to import
 
@@ -304,7 +306,6 @@ def _test_replace_known(fn):
 def _guided_score(score_fn, logits_fn, y, scale):
     """Reference: score_fn(x, t) + scale * grad_x log softmax(logits_fn(x, t))[y],
     per sample (samples are independent, so one gradient of the batch sum serves all)."""
-    import jax
 
     def score(x, t):
         yy = jnp.broadcast_to(jnp.asarray(y), (x.shape[0],))
@@ -363,26 +364,35 @@ def _guidance_cases():
 _GUIDE_RTOL, _GUIDE_ATOL = 1e-4, 1e-4
 
 
-def _test_guided_score_impl(fn):
-    import jax
+def _diagnose_guided(arr, score_fn, logits_fn, y, scale, x, t):
+    yy = jnp.broadcast_to(jnp.asarray(y), (x.shape[0],))
+    raw = jax.grad(lambda x: jnp.sum(jnp.take_along_axis(logits_fn(x, t), yy[:, None], axis=1)))(x)
+    if is_close(arr, np.asarray(score_fn(x, t)) + scale * np.asarray(raw), _GUIDE_RTOL, _GUIDE_ATOL):
+        return ("you follow the gradient of the raw logit of class y; "
+                "logits are not log probabilities (their normaliser depends on x)")
+    return None
 
-    for label, score_fn, logits_fn, y, scale, x, t in _guidance_cases():
+
+def _test_guided_score_impl(fn):
+    cases, at = _guidance_cases(), lambda score, x, t: score(x, t)  # noqa: E731
+    try:  # all the cases as one compiled program if fn gives functions; else one by one
+        guided = [fn(*c[1:5]) for c in cases]
+        gots = call_compiled_each(at, [(g, *c[5:]) for g, c in zip(guided, cases)]) if all(
+            map(callable, guided)) else None
+    except Exception:
+        gots = None
+    wants = call_compiled_each(at, [(_guided_score(*c[1:5]), *c[5:]) for c in cases])
+    for (label, *case), want in zip(cases, wants):
         what = f"case '{label}'"
-        guided = fn(score_fn, logits_fn, y, scale)
-        if not callable(guided):
-            raise Mismatch(f"{what}: expected a function score(x, t), got {type(guided).__name__}")
-        want = np.asarray(_guided_score(score_fn, logits_fn, y, scale)(x, t), np.float64)
-        arr = as_array(guided(x, t), what)
-        if arr.shape == want.shape and np.all(np.isfinite(arr)) and not is_close(
-                arr, want, _GUIDE_RTOL, _GUIDE_ATOL):
-            yy = jnp.broadcast_to(jnp.asarray(y), (x.shape[0],))
-            raw = jax.grad(lambda x: jnp.sum(jnp.take_along_axis(
-                logits_fn(x, t), yy[:, None], axis=1)))(x)
-            if is_close(arr, np.asarray(score_fn(x, t)) + scale * np.asarray(raw), _GUIDE_RTOL,
-                      _GUIDE_ATOL):
-                raise Mismatch(f"{what}: you follow the gradient of the raw logit of class y; "
-                               "logits are not log probabilities (their normaliser depends on x)")
-        expect_close(arr, want, what=what, rtol=_GUIDE_RTOL, atol=_GUIDE_ATOL)
+        if gots is None:
+            guided = fn(*case[:4])
+            if not callable(guided):
+                raise Mismatch(f"{what}: expected a function score(x, t), got {type(guided).__name__}")
+            got = guided(*case[4:])
+        else:
+            got = next(gots)
+        expect_close(got, want, what=what, rtol=_GUIDE_RTOL, atol=_GUIDE_ATOL,
+                     diagnose=lambda arr: _diagnose_guided(arr, *case))
 
 
 @exercise(
