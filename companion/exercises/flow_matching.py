@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from companion.exercises._core import Mismatch, as_array, exercise, expect_close
+from companion.exercises._core import Mismatch, as_array, call_compiled_each, exercise, expect_close
 
 __all__: list[str] = []  # importing the module registers its exercises; nothing to import
 
@@ -70,20 +70,23 @@ _PATHS = [
 )
 def _test_conditional_velocity(fn):
     rng = _rng()
+    whats, cases = [], []
     for (label, a, b), (n, d), dtype in zip(_PATHS, [(5, 2), (1, 3), (4, 1)],
                                             [np.float32, np.float64, np.float32]):
         x0 = rng.normal(size=(n, d)).astype(dtype)
         z = rng.normal(size=(n, d)).astype(dtype)
         t = rng.uniform(0.05, 0.95, size=n).astype(dtype)
-        what = f"conditional_velocity ({label}, n = {n}, d = {d}, {np.dtype(dtype).name})"
-        want = _conditional_velocity(a, b, jnp.asarray(x0, jnp.float32), jnp.asarray(z, jnp.float32),
-                                     jnp.asarray(t, jnp.float32))
+        whats.append(f"conditional_velocity ({label}, n = {n}, d = {d}, {np.dtype(dtype).name})")
+        cases.append((a, b, x0, z, t))
+    f32 = [(a, b, *(jnp.asarray(v, jnp.float32) for v in arrays)) for a, b, *arrays in cases]
+    gots = call_compiled_each(fn, cases)  # all the cases as one compiled program
+    for what, (a, b, x0, z, t), got, want in zip(whats, cases, gots,
+                                                 call_compiled_each(_conditional_velocity, f32)):
         # float32 derivatives: autodiff is exact to rounding; 2e-3 also accepts a careful
         # central difference
-        expect_close(fn(a, b, x0, z, t), want, what=what, rtol=2e-3, atol=2e-3)
+        expect_close(got, want, what=what, rtol=2e-3, atol=2e-3)
         position = np.asarray(a(jnp.asarray(t)))[:, None] * x0 + np.asarray(b(jnp.asarray(t)))[:, None] * z
-        got = as_array(fn(a, b, x0, z, t), what)
-        if np.allclose(got, position, rtol=1e-3, atol=1e-3):
+        if np.allclose(as_array(got, what), position, rtol=1e-3, atol=1e-3):
             raise Mismatch(f"{what}: this is the point x_t itself, not its velocity")
 
 
