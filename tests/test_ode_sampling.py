@@ -16,7 +16,7 @@ import pytest
 from companion import likelihood, metrics, ode_sampling, sampling, toy
 from companion import sde as sdes
 
-from conftest import SDES as _BY_NAME  # the course's three SDEs, shared by the test files
+from course_sdes import SDES as _BY_NAME  # the course's three SDEs, shared by the test files
 
 SDES = [_BY_NAME[name] for name in ("VP", "VE", "SubVP")]
 IDS = ["VP", "VE", "SubVP"]

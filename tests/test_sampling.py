@@ -13,7 +13,7 @@ from jax.experimental import io_callback
 from companion import metrics, ode_sampling, sampling, sde, toy
 
 MIX = toy.four_gaussians_2d()
-from conftest import SDES  # the course's three SDEs, shared by the test files
+from course_sdes import SDES  # the course's three SDEs, shared by the test files
 SCORES = {name: toy.exact_score(MIX, s) for name, s in SDES.items()}  # one object each: jit cache hits
 N = 2000
 DATA = MIX.sample(jax.random.key(123), N)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from companion import sde, toy
 
-from conftest import SDES as _BY_NAME  # the course's three SDEs, shared by the test files
+from course_sdes import SDES as _BY_NAME  # the course's three SDEs, shared by the test files
 
 SDES = list(_BY_NAME.values())  # VE, VP, SubVP
 
