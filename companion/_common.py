@@ -30,6 +30,7 @@ __all__ = [
     "static",
     "traceable",
     "batch_times",
+    "shared_time",
     "norms",
     "check_x",
     "check_positive_int",
@@ -159,6 +160,14 @@ def traceable(fn: Callable) -> Callable:
 
 
 # --------------------------------------------------------------------------- array helpers
+
+
+def shared_time(x: jax.Array, t: Any) -> jax.Array:
+    """The scalar time ``t`` of a whole batch ``x`` ``(n, *dims)``, as a 0-d array in the
+    dtype of ``x``: what the samplers pass to ``score_fn(x, t)`` (the contract allows a
+    scalar). A network then computes its time embedding once per call instead of once
+    per sample (the course's networks keep a scalar ``t`` scalar)."""
+    return jnp.asarray(t, dtype=x.dtype)
 
 
 def batch_times(x: jax.Array, t: Any) -> jax.Array:

@@ -66,16 +66,18 @@ def _dims(dim) -> tuple[int, ...]:
 
 
 def _check_xt(x, t, dims: tuple[int, ...]):
-    """Validate ``x`` (n, *dims) and ``t`` (scalar or (n,)); return x and t as an (n,) array."""
+    """Validate ``x`` (n, *dims) and ``t`` (scalar or (n,)); return x and t in x's dtype.
+
+    A scalar ``t`` stays a scalar: the samplers pass one time for the whole batch, and the
+    networks then compute the time embedding once per call rather than once per sample.
+    """
     x = jnp.asarray(x)
     if x.ndim != len(dims) + 1 or tuple(x.shape[1:]) != dims:
         raise ValueError(f"x: expected shape (n, {', '.join(map(str, dims))}), got {x.shape}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"x: expected a floating-point array, got dtype {x.dtype}")
     t = jnp.asarray(t, dtype=x.dtype)
-    if t.ndim == 0:
-        t = jnp.broadcast_to(t, (x.shape[0],))
-    elif t.shape != (x.shape[0],):
+    if t.ndim != 0 and t.shape != (x.shape[0],):
         raise ValueError(f"t: expected a scalar or shape ({x.shape[0]},), got shape {t.shape}")
     return x, t
 
@@ -106,7 +108,8 @@ def time_input(t: ArrayLike, sde: LinearSDE | None) -> jax.Array:
 
 
 class TimeEmbedding(nnx.Module):
-    """Features of a scalar time input ``u`` (about [0, 1], :func:`time_input`): ``(n,) -> (n, embed_dim)``.
+    """Features of a time input ``u`` (about [0, 1], :func:`time_input`): ``(n,) -> (n, embed_dim)``,
+    and a scalar ``u`` to one row ``(1, embed_dim)`` that broadcasts over the batch.
 
     ``"fourier"``: ``[sin 2 pi W t, cos 2 pi W t]`` with fixed random ``W ~ N(0, scale^2)``
     (Gaussian Fourier features, used by Song et al. 2021). ``"sinusoidal"``: the same with
@@ -129,7 +132,7 @@ class TimeEmbedding(nnx.Module):
         self.frequencies = Buffer(w.astype(jnp.float32))
 
     def __call__(self, t: jax.Array) -> jax.Array:
-        angles = 2 * math.pi * t[:, None] * self.frequencies[...].astype(t.dtype)
+        angles = 2 * math.pi * jnp.atleast_1d(t)[:, None] * self.frequencies[...].astype(t.dtype)
         return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 
@@ -256,7 +259,7 @@ class ClassConditionalMLP(nnx.Module):
     def __call__(self, x: ArrayLike, t: ArrayLike, y: ArrayLike) -> jax.Array:
         net = self.score
         x, t = _check_xt(x, t, net.dims)
-        y = jnp.broadcast_to(jnp.asarray(y, jnp.int32), t.shape)
+        y = jnp.broadcast_to(jnp.asarray(y, jnp.int32), x.shape[:1])
         h = x.reshape(x.shape[0], -1)
         if net.sde is not None:
             m, s = net.sde.mean_coefficient(t), net.sde.kernel_std(t)

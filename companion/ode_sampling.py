@@ -46,7 +46,7 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-from companion._common import batch_times, check_int, check_positive, check_score_fn, check_sde, check_shape, traceable
+from companion._common import check_int, check_positive, check_score_fn, check_sde, check_shape, shared_time, traceable
 from companion.sampling import DEFAULT_EPS, uniform_time
 from companion.sde import LinearSDE, ScoreFn, check_cutoff
 
@@ -78,7 +78,7 @@ def _solve_flow(sde, score_fn, key, shape, rtol, atol, eps, solver, max_steps):
     x = sde.prior_sample(key, shape)
 
     def vector_field(t, y, args):
-        return sde.probability_flow_drift(score_fn, y, batch_times(y, t))
+        return sde.probability_flow_drift(score_fn, y, shared_time(y, t))
 
     # a first step of 1% of the interval; the controller adapts it
     sol = diffrax.diffeqsolve(diffrax.ODETerm(vector_field), solver, t0=sde.T, t1=eps, dt0=(eps - sde.T) / 100,
@@ -236,7 +236,7 @@ def denoiser(sde: LinearSDE, score_fn: ScoreFn, xhat: jax.Array, t: jax.Array) -
     noisy point ``xhat = x / m(t)`` ``(n, *dims)`` at the scalar time ``t``; shaped like
     ``xhat``."""
     m = sde.mean_coefficient(t)
-    return xhat + noise_level(sde, t) ** 2 * m * score_fn(m * xhat, batch_times(xhat, t))
+    return xhat + noise_level(sde, t) ** 2 * m * score_fn(m * xhat, shared_time(xhat, t))
 
 
 # --------------------------------------------------------------------------- fixed-grid steps
@@ -246,7 +246,7 @@ def euler_step(sde: LinearSDE, score_fn: ScoreFn, x: jax.Array, t: jax.Array, t_
     """One Euler step of the probability flow dx/dt = f - g^2 s / 2 (Eq. eq-pf-ode) in x
     from the scalar time ``t`` to ``t_next``: x + (t_next - t) (f - g^2 s / 2), shaped like
     ``x`` ``(n, *dims)``."""
-    return x + (t_next - t) * sde.probability_flow_drift(score_fn, x, batch_times(x, t))
+    return x + (t_next - t) * sde.probability_flow_drift(score_fn, x, shared_time(x, t))
 
 
 def heun_step(sde: LinearSDE, score_fn: ScoreFn, xhat: jax.Array, t: jax.Array, t_next: jax.Array) -> jax.Array:

@@ -54,7 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from companion._common import batch_times, check_int, check_positive, check_score_fn, check_sde, check_shape, norms, traceable
+from companion._common import check_int, check_positive, check_score_fn, check_sde, check_shape, norms, shared_time, traceable
 from companion.sde import LinearSDE, ScoreFn, batch_broadcast, check_cutoff
 
 DEFAULT_EPS = 1e-3
@@ -133,7 +133,7 @@ def euler_maruyama_step(
     step contract of :data:`PREDICTORS`.
     """
     h = t - t_next
-    tv = batch_times(x, t)
+    tv = shared_time(x, t)
     mean = x - sde.reverse_drift(score_fn, x, tv) * h
     g = batch_broadcast(sde.diffusion(tv), x)
     z = jax.random.normal(key, x.shape, x.dtype)
@@ -154,7 +154,7 @@ def reverse_diffusion_step(
     """
     r, q = sde.transition(t_next, t)
     f = (r - 1) * x  # the forward step's drift increment, evaluated at x_{t}
-    mean = x - f + q**2 * score_fn(x, batch_times(x, t))
+    mean = x - f + q**2 * score_fn(x, shared_time(x, t))
     z = jax.random.normal(key, x.shape, x.dtype)
     return mean + q * z, mean
 
@@ -172,7 +172,7 @@ def langevin_step(sde: LinearSDE, score_fn: ScoreFn, x: jax.Array, t: jax.Array,
     ``per_sample`` bound by the caller.
     """
     r, _ = sde.transition(t_next, t)
-    score = score_fn(x, batch_times(x, t))
+    score = score_fn(x, shared_time(x, t))
     z = jax.random.normal(key, x.shape, x.dtype)
     step = langevin_step_size(score, z, snr, r**2, per_sample)
     step = batch_broadcast(step, x)

@@ -87,6 +87,8 @@ def test_batch_times_and_norms():
     t = _common.batch_times(x, 0.5)
     assert t.shape == (3,) and t.dtype == jnp.float32 and float(t[0]) == 0.5
     np.testing.assert_allclose(_common.norms(x), np.full(3, 2.0))
+    shared = _common.shared_time(x, 0.5)  # what samplers pass: one time, a 0-d array
+    assert shared.shape == () and shared.dtype == jnp.float32 and float(shared) == 0.5
 
 
 def test_sq_norms_reduce_every_non_batch_axis():

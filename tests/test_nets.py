@@ -24,6 +24,17 @@ def test_score_mlp_is_a_score_function(mlp):
     np.testing.assert_allclose(mlp(x, 0.3), mlp(x, jnp.full(5, 0.3)), rtol=1e-6)
 
 
+def test_a_scalar_time_is_embedded_once_per_call(mlp):
+    """The samplers pass one time for the batch; the sines of the embedding are then
+    computed for one row, not for each of the 64 samples."""
+    def sine_shapes(t):
+        jaxpr = jax.make_jaxpr(lambda x: mlp(x, t))(jnp.ones((64, 2)))
+        return {str(e.outvars[0].aval.shape) for e in jaxpr.eqns if e.primitive.name == "sin"}
+
+    assert sine_shapes(0.3) == {"(1, 16)"}
+    assert sine_shapes(jnp.full(64, 0.3)) == {"(64, 16)"}
+
+
 def test_score_mlp_flattens_data_of_any_shape():
     model = nets.ScoreMLP((3, 4), hidden=16, depth=1, rngs=nnx.Rngs(0))
     x = jnp.ones((2, 3, 4))

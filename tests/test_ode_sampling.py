@@ -48,7 +48,8 @@ def counting_score():
 
     def score(x, t):
         jax.debug.callback(lambda: calls.append(1))
-        return -x / (SDE_FOR_COUNT.mean_coefficient(t)[:, None] ** 2 + SDE_FOR_COUNT.kernel_std(t)[:, None] ** 2)
+        var = SDE_FOR_COUNT.mean_coefficient(t) ** 2 + SDE_FOR_COUNT.kernel_std(t) ** 2
+        return -x / sdes.batch_broadcast(var, x)  # t: a scalar (samplers) or (n,)
 
     return score, calls
 
@@ -300,3 +301,18 @@ def test_one_compilation_serves_every_number_of_steps_and_order():
     for n, order in ((7, 3), (5, 1), (9, 2)):
         ode_sampling.dpm_solver(s, score, jax.random.key(0), (32, 2), n_steps=n, order=order)
     assert ode_sampling._solve_fixed._cache_size() == size
+
+
+@pytest.mark.parametrize("sampler", [ode_sampling.euler_ode, ode_sampling.heun, ode_sampling.dpm_solver,
+                                     ode_sampling.probability_flow])
+def test_samplers_pass_one_scalar_time_per_evaluation(sampler):
+    """As the reverse-SDE samplers: a 0-d time, one per score evaluation."""
+    shapes = set()
+
+    def score(x, t):
+        shapes.add(jnp.shape(t))  # recorded while tracing
+        return -x
+
+    kw = {} if sampler is ode_sampling.probability_flow else {"n_steps": 4}
+    sampler(_BY_NAME["VP"], score, jax.random.key(0), (8, 2), **kw)
+    assert shapes == {()}

@@ -315,3 +315,17 @@ def test_probability_flow_is_still_importable_from_sampling():
     assert probability_flow is sampling.probability_flow is ode_sampling.probability_flow
     with pytest.raises(AttributeError):
         sampling.no_such_sampler  # noqa: B018
+
+
+@pytest.mark.parametrize("sampler", [sampling.euler_maruyama, sampling.predictor_corrector, sampling.reverse_diffusion])
+def test_samplers_pass_one_scalar_time_per_step(sampler):
+    """The score is called with a 0-d time (the contract allows a scalar), so a network
+    embeds the time once per call instead of once per sample (nets._check_xt)."""
+    shapes = set()
+
+    def score(x, t):
+        shapes.add(jnp.shape(t))  # recorded while tracing
+        return -x
+
+    sampler(SDES["VP"], score, jax.random.key(0), (8, 2), n_steps=4)
+    assert shapes == {()}
