@@ -105,6 +105,28 @@ def _observed_index(observed, d: int) -> np.ndarray:
     return np.sort(idx)
 
 
+# The conditional as one compiled program per (shapes, observed coordinates): run op by
+# op, its two dozen operations would each be compiled for every new shape.
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def _condition(means, covs, weights, x_o, o, u):
+    """(means, covs, weights) of p(x_u | x_o) for the mixture (means, covs, weights); ``o``
+    and ``u`` the observed and the other coordinates, tuples of ints in increasing order."""
+    o, u = np.asarray(o), np.asarray(u)
+    mu_o, mu_u = means[:, o], means[:, u]
+    s_oo = covs[:, o][:, :, o]
+    s_uo = covs[:, u][:, :, o]
+    s_uu = covs[:, u][:, :, u]
+    chol = jnp.linalg.cholesky(s_oo)
+    # log w_k N(x_o; mu_k,o, S_k,oo) for every k: the responsibilities of the observed part
+    log_joint, _ = _component_terms(x_o, mu_o, chol, jnp.log(weights))
+    new_weights = jnp.exp(log_joint - logsumexp(log_joint))
+    gain = jnp.swapaxes(jnp.linalg.solve(s_oo, jnp.swapaxes(s_uo, -1, -2)), -1, -2)  # S_uo S_oo^{-1}
+    new_means = mu_u + jnp.einsum("kij,kj->ki", gain, x_o - mu_o)
+    new_covs = s_uu - jnp.einsum("kij,kjl->kil", gain, jnp.swapaxes(s_uo, -1, -2))
+    new_covs = 0.5 * (new_covs + jnp.swapaxes(new_covs, -1, -2))
+    return new_means, new_covs, new_weights / jnp.sum(new_weights)
+
+
 @jax.tree_util.register_pytree_node_class
 class GaussianMixture:
     """p(x) = sum_k w_k N(x; mu_k, Sigma_k) in d dimensions.
@@ -229,19 +251,8 @@ class GaussianMixture:
         if x_o.shape != (o.size,):
             raise ValueError(
                 f"x_observed: expected shape ({o.size},) for {o.size} observed coordinates, got {x_o.shape}")
-        mu_o, mu_u = self.means[:, o], self.means[:, u]
-        s_oo = self.covs[:, o][:, :, o]
-        s_uo = self.covs[:, u][:, :, o]
-        s_uu = self.covs[:, u][:, :, u]
-        chol = jnp.linalg.cholesky(s_oo)
-        # log w_k N(x_o; mu_k,o, S_k,oo) for every k: the responsibilities of the observed part
-        log_joint, _ = _component_terms(x_o, mu_o, chol, jnp.log(self.weights))
-        weights = jnp.exp(log_joint - logsumexp(log_joint))
-        gain = jnp.swapaxes(jnp.linalg.solve(s_oo, jnp.swapaxes(s_uo, -1, -2)), -1, -2)  # S_uo S_oo^{-1}
-        means = mu_u + jnp.einsum("kij,kj->ki", gain, x_o - mu_o)
-        covs = s_uu - jnp.einsum("kij,kjl->kil", gain, jnp.swapaxes(s_uo, -1, -2))
-        covs = 0.5 * (covs + jnp.swapaxes(covs, -1, -2))
-        return GaussianMixture(means, covs, weights / jnp.sum(weights))
+        parts = _condition(self.means, self.covs, self.weights, x_o, tuple(o.tolist()), tuple(u.tolist()))
+        return GaussianMixture(*parts)
 
     def __repr__(self):
         return f"GaussianMixture(K={self.n_components}, d={self.dim})"
@@ -289,21 +300,33 @@ def exact_classifier(mix: GaussianMixture, sde: LinearSDE) -> Callable[[jax.Arra
     ``x`` has shape ``(n, d)`` and ``t`` is a scalar or ``(n,)``. The logits are
     log w_k + log N(x; m(t) mu_k, m(t)^2 Sigma_k + s(t)^2 I) (Eq. eq-bayes-classifier,
     chapter 6), so their softmax is ``mix.perturbed(sde, t).responsibilities(x)``: the
-    reference for the learned time-dependent classifiers of chapter 6.
+    reference for the learned time-dependent classifiers of chapter 6. As in
+    :func:`exact_score`, the eigendecomposition Sigma_k = U_k diag(lambda_k) U_k^T is
+    computed once: the perturbed covariance is U_k diag(m^2 lambda_k + s^2) U_k^T, and a
+    call (a guided sampler makes one per step, and differentiates it) needs no
+    factorisation. A scalar ``t`` gives one set of perturbed eigenvalues for the batch.
     """
-    eye = jnp.eye(mix.dim, dtype=mix.covs.dtype)
     log_w = jnp.log(mix.weights)
+    evals, evecs = jnp.linalg.eigh(mix.covs)  # (K, d), (K, d, d); Sigma_k = U diag(l) U^T
+    d = mix.dim
 
-    def one(xi, ti):
-        m, s = sde.mean_coefficient(ti), sde.kernel_std(ti)
-        chol = jnp.linalg.cholesky(m**2 * mix.covs + s**2 * eye)
-        return _component_terms(xi, m * mix.means, chol, log_w)[0]
+    @jax.jit  # one compiled program per shape, also when called outside a sampler
+    def logits(x, t):
+        t = jnp.asarray(t, dtype=x.dtype)
+        t = t[:, None, None] if t.ndim else t  # (n, 1, 1) or a scalar
+        m, s = sde.mean_coefficient(t), sde.kernel_std(t)
+        lam = m**2 * evals.astype(x.dtype) + s**2  # (K, d) or (n, K, d): eigenvalues of the perturbed covariances
+        u = evecs.astype(x.dtype)
+        y = jnp.einsum("kji,nkj->nki", u, x[:, None, :] - m * mix.means.astype(x.dtype))  # U^T (x - m mu)
+        return log_w.astype(x.dtype) - 0.5 * jnp.sum(y**2 / lam + jnp.log(lam), axis=-1) - 0.5 * d * math.log(
+            2 * math.pi)
 
     def classifier(x, t):
         x = mix._check_points(x)
         check_time(t, sde.T, allow_zero=False)
-        t = jnp.broadcast_to(jnp.asarray(t, dtype=x.dtype), (x.shape[0],))
-        return jax.vmap(one)(x, t).astype(x.dtype)
+        if jnp.ndim(t) != 0:
+            t = jnp.broadcast_to(jnp.asarray(t, dtype=x.dtype), x.shape[:1])
+        return logits(x, t)
 
     return classifier
 

@@ -7,8 +7,7 @@
 * ``replace_known(sde, x, x_known, mask, t, z)``: one replacement of the known coordinates
   by a draw of the forward kernel (Eq. eq-replacement).
 * ``guided_score(score_fn, logits_fn, y, scale)`` (conceptual): the classifier-guided
-  score from a time-dependent classifier that returns unnormalised logits
-  (Eq. eq-guidance).
+  score from a time-dependent classifier that returns unnormalised logits (Eq. eq-guidance).
 
 Inputs come from fixed seeds; messages say how an answer is wrong, never what is right.
 """
@@ -21,8 +20,7 @@ import numpy as np
 
 from companion import sde as sde_lib
 from companion import toy
-from companion.exercises._core import (Mismatch, as_array, as_pair, call_compiled_each, exercise,
-                                        expect_close, is_close)
+from companion.exercises._core import Mismatch, as_array, as_pair, call_compiled_each, exercise, expect_close, is_close
 
 __all__: list[str] = []  # importing the module registers its exercises; nothing to import
 
@@ -127,11 +125,12 @@ def _diagnose_class(arr, sde, x, t, means, variances, weights):
     reference=_class_probabilities,
 )
 def _test_class_probabilities(fn):
-    for label, s, x, t, means, variances, weights in _class_cases():
+    cases = _class_cases()  # the reader's function on every case: one compiled program (call_compiled_each)
+    gots = call_compiled_each(fn, [(*c[1:4], *(jnp.asarray(a, jnp.float32) for a in c[4:])) for c in cases])
+    for (label, s, x, t, means, variances, weights), got in zip(cases, gots):
         want = np.asarray(_class_probabilities(s, x, t, means, variances, weights), np.float64)
         what = f"case '{label}'"
-        arr = as_array(fn(s, x, t, jnp.asarray(means, jnp.float32), jnp.asarray(variances, jnp.float32),
-                          jnp.asarray(weights, jnp.float32)), what)
+        arr = as_array(got, what)
         expect_close(arr, want, what=what, rtol=_CLASS_RTOL, atol=_CLASS_ATOL,
                      diagnose=lambda arr: _diagnose_class(arr, s, x, t, means, variances, weights))
 
@@ -208,11 +207,11 @@ def _diagnose_conditional(mean_got, cov_got, mean, cov, x_o, observed):
     reference=_gaussian_conditional,
 )
 def _test_gaussian_conditional(fn):
-    for label, mean, cov, x_o, observed in _conditional_cases():
+    cases = _conditional_cases()
+    gots = call_compiled_each(fn, [(*(jnp.asarray(a, jnp.float32) for a in c[1:4]), list(c[4])) for c in cases])
+    for (label, mean, cov, x_o, observed), got in zip(cases, gots):
         want_mean, want_cov = (np.asarray(a, np.float64) for a in _gaussian_conditional(mean, cov, x_o, observed))
         what = f"case '{label}'"
-        got = fn(jnp.asarray(mean, jnp.float32), jnp.asarray(cov, jnp.float32), jnp.asarray(x_o, jnp.float32),
-                 list(observed))
         m_got, c_got = as_pair(got, what, "the mean", "the covariance")
         for arr, want, name in ((m_got, want_mean, "mean"), (c_got, want_cov, "covariance")):
             if arr.shape == want.shape and np.all(np.isfinite(arr)) and not is_close(arr, want, _COND_RTOL, _COND_ATOL):
@@ -292,10 +291,11 @@ def _diagnose_replace(arr, sde, x, x_known, mask, t, z):
     reference=_replace_known,
 )
 def _test_replace_known(fn):
-    for label, s, x, x_known, mask, t, z in _replace_cases():
+    cases = _replace_cases()
+    for (label, s, x, x_known, mask, t, z), got in zip(cases, call_compiled_each(fn, [c[1:] for c in cases])):
         want = np.asarray(_replace_known(s, x, x_known, mask, t, z), np.float64)
         what = f"case '{label}'"
-        arr = as_array(fn(s, x, x_known, mask, t, z), what)
+        arr = as_array(got, what)
         expect_close(arr, want, what=what, rtol=_REPL_RTOL, atol=_REPL_ATOL,
                      diagnose=lambda arr: _diagnose_replace(arr, s, x, x_known, mask, t, z))
 
