@@ -128,3 +128,45 @@ def test_raw_time_feeds_t_itself():
     # the default Fourier scale is 2, ScoreMLP's (frequencies ~ N(0, 2^2))
     fresh = nets.UNet((8, 8, 1), features=(4,), embed_dim=64, groups=2, rngs=nnx.Rngs(0))
     assert 1.0 < float(jnp.std(fresh.embed.frequencies[...])) < 3.0
+
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+@pytest.mark.parametrize("hw, k, c_in, c_out", [((2, 2), 3, 32, 32), ((2, 2), 3, 64, 32), ((2, 2), 1, 64, 32),
+                                                 ((1, 2), 3, 5, 3), ((2, 2), 2, 4, 6), ((4, 4), 3, 8, 8)])
+def test_small_image_conv_equals_lax_conv(hw, k, c_in, c_out):
+    """The U-Net's convolutions of images of at most 4 pixels are one matmul (nets._conv): the
+    same products as lax's convolution, summed in another order. Each output is a sum of at
+    most K = k*k*c_in products; summing K float32 terms in any order errs by at most about
+    K * 2^-24 times the sum of their absolute values, so two orders differ by at most twice
+    that: the bound below, |x| convolved with |w| (no flaky tolerance, and a wrong tap, a
+    transposed kernel or a shifted pixel is off by O(1))."""
+    x = jax.random.normal(jax.random.key(0), (6, *hw, c_in))
+    w = jax.random.normal(jax.random.key(1), (k, k, c_in, c_out))
+    fast = nets._conv(x, w, (1, 1), "SAME", dimension_numbers=DN)
+    ref = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN,
+                                       precision=jax.lax.Precision.HIGHEST)
+    scale = jax.lax.conv_general_dilated(jnp.abs(x), jnp.abs(w), (1, 1), "SAME", dimension_numbers=DN,
+                                         precision=jax.lax.Precision.HIGHEST)
+    assert fast.shape == ref.shape
+    assert bool(jnp.all(jnp.abs(fast - ref) <= 2 * k * k * c_in * 2.0**-24 * scale)), float(jnp.max(jnp.abs(fast - ref)))
+    # the matmul only where the images are tiny: larger ones keep XLA's convolution
+    jaxpr = str(jax.make_jaxpr(lambda x, w: nets._conv(x, w, (1, 1), "SAME", dimension_numbers=DN))(x, w))
+    assert ("conv_general_dilated" in jaxpr) == (hw[0] * hw[1] > 4)
+
+
+def test_unet_with_small_image_matmuls_equals_plain_convolutions(monkeypatch):
+    """The same weights (nnx.Conv kernels, so the shipped checkpoints load unchanged) give the
+    same U-Net as XLA's convolution at every level, on the digits' three levels (8x8, 4x4,
+    2x2). What differs is the float32 rounding of the 2x2 level's sums, carried through the
+    later layers: 1e-4 of the output's scale is ~1000 float32 epsilons, far below what a
+    wrong tap would do."""
+    model = _random_unet(features=(8, 16, 16), embed_dim=16, groups=4, sde=VP())
+    x = jax.random.normal(jax.random.key(7), (5, 8, 8, 1))
+    fast = jax.jit(lambda x: model(x, 0.3))(x)
+    assert str(jax.make_jaxpr(lambda x: model(x, 0.3))(x)).count("conv_general_dilated") == 15  # of 22: 7 at 2x2
+    monkeypatch.setattr(nets, "_MATMUL_PIXELS", 0)  # read when traced: every level by lax
+    plain = jax.jit(lambda x: model(x, 0.3))(x)
+    assert str(jax.make_jaxpr(lambda x: model(x, 0.3))(x)).count("conv_general_dilated") == 22
+    np.testing.assert_allclose(fast, plain, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(plain))))
