@@ -220,6 +220,15 @@ def test_condition_on_the_course_mixture():
     np.testing.assert_allclose(np.asarray(cond.covs)[:, 0, 0], 0.25, atol=1e-6)
 
 
+def test_condition_under_vmap_and_jit_matches_one_call_at_a_time():
+    """Chapter 6 conditions on several observed values at once (vmap inside jit)."""
+    m = _random_mixture(jax.random.key(2))
+    x1 = jnp.array([-1.0, 0.3, 2.5])
+    weights = jax.jit(jax.vmap(lambda v: m.condition(v[None], [0]).weights))(x1)
+    for i, v in enumerate(x1):
+        np.testing.assert_allclose(weights[i], m.condition(v[None], [0]).weights, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("observed, x_o, match", [
     ([], [], "observed"), ([0, 1], [1.0, 2.0], "observed"), ([0, 0], [1.0, 1.0], "distinct"),
     ([5], [1.0], "coordinates"), ([0], [1.0, 2.0], "x_observed"), ("a", [1.0], "observed"),
