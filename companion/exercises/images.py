@@ -78,10 +78,13 @@ def _diagnose_dequantize(arr, levels, u, n_levels):
     reference=_dequantize,
 )
 def _test_dequantize(fn):
-    for label, levels, u, n_levels in _dequantize_cases():
+    cases = _dequantize_cases()
+    args = [(jnp.asarray(levels), jnp.asarray(u), n_levels) for _, levels, u, n_levels in cases]
+    # the three cases as one compiled program (case by case if fn cannot be traced)
+    for (label, levels, u, n_levels), got in zip(cases, call_compiled_each(fn, args)):
         want = np.asarray(_dequantize(levels, u, n_levels), np.float64)
         what = f"case '{label}'"
-        arr = as_array(fn(jnp.asarray(levels), jnp.asarray(u), n_levels), what)
+        arr = as_array(got, what)
         # a few float32 operations on values in [-1, 1)
         expect_close(arr, want, what=what, rtol=_DEQ_RTOL, atol=_DEQ_ATOL,
                      diagnose=lambda arr: _diagnose_dequantize(arr, levels, u, n_levels))
