@@ -13,6 +13,7 @@ included, can use it.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Any, Callable
@@ -133,7 +134,10 @@ class _Traced:
         self.fn = jax.tree.unflatten(treedef, leaves)
 
     def __call__(self, *args):
-        return self.fn(*args)
+        # a jitted call, cached on (structure, argument shapes): a solver that traces its
+        # vector field several times (diffrax: initial step, stages, error estimate) traces
+        # the network once; XLA inlines the call, so the program is the same
+        return _call_traced(self.aux, self.arrays, *args)
 
     def tree_flatten(self):
         return self.arrays, self.aux
@@ -141,6 +145,11 @@ class _Traced:
     @classmethod
     def tree_unflatten(cls, aux, arrays):
         return cls(aux, arrays)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _call_traced(aux, arrays, *args):
+    return _Traced(aux, arrays).fn(*args)
 
 
 def traceable(fn: Callable) -> Callable:

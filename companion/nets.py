@@ -153,11 +153,14 @@ class _Trunk(nnx.Module):
         self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
         self.time_proj = nnx.List([nnx.Linear(embed_dim, hidden, use_bias=False, rngs=rngs) for _ in range(depth)])
 
-    def __call__(self, h, t, label=None):
+    def __call__(self, h, t, label=None, rows=None):
+        """``rows`` given: ``label`` is one embedding per class ``(K, E)``, sample i takes row
+        ``rows[i]`` of each time projection (one time: each class projected once, chapter 6)."""
         e = self.embed_proj(self.embed(t))
         e = nnx.silu(e if label is None else e + label)  # a label embedding joins the time's
         for layer, tp in zip(self.layers, self.time_proj):
-            h = nnx.silu(layer(h) + tp(e))
+            u = tp(e)
+            h = nnx.silu(layer(h) + (u if rows is None else u[rows]))
         return h
 
 
@@ -196,13 +199,15 @@ class ScoreMLP(nnx.Module):
         self.out = nnx.Linear(hidden, d, rngs=rngs)
 
     def __call__(self, x: ArrayLike, t: ArrayLike) -> jax.Array:
-        x, t = _check_xt(x, t, self.dims)
-        n = x.shape[0]
-        h = x.reshape(n, -1)
+        return self._apply(*_check_xt(x, t, self.dims))
+
+    def _apply(self, x, t, label=None, rows=None):
+        """The parametrisation around the trunk (``label``, ``rows``: see :class:`_Trunk`)."""
+        h = x.reshape(x.shape[0], -1)
         if self.sde is not None:
             m, s = self.sde.mean_coefficient(t), self.sde.kernel_std(t)
             h = h / batch_broadcast(jnp.sqrt(m**2 + s**2), h)
-        out = self.out(self.trunk(h, time_input(t, self.sde)))
+        out = self.out(self.trunk(h, time_input(t, self.sde), label, rows))
         if self.sde is not None:
             out = out / batch_broadcast(s, out)
         return out.reshape(x.shape).astype(x.dtype)
@@ -258,17 +263,16 @@ class ClassConditionalMLP(nnx.Module):
         return self.n_classes
 
     def __call__(self, x: ArrayLike, t: ArrayLike, y: ArrayLike) -> jax.Array:
-        net = self.score
-        x, t = _check_xt(x, t, net.dims)
-        y = jnp.broadcast_to(jnp.asarray(y, jnp.int32), x.shape[:1])
-        h = x.reshape(x.shape[0], -1)
-        if net.sde is not None:
-            m, s = net.sde.mean_coefficient(t), net.sde.kernel_std(t)
-            h = h / batch_broadcast(jnp.sqrt(m**2 + s**2), h)
-        out = net.out(net.trunk(h, time_input(t, net.sde), self.label_embed(y)))
-        if net.sde is not None:
-            out = out / batch_broadcast(s, out)
-        return out.reshape(x.shape).astype(x.dtype)
+        x, t = _check_xt(x, t, self.score.dims)
+        y = jnp.asarray(y, jnp.int32)
+        labels = jnp.broadcast_to(y, x.shape[:1])  # (n,); raises for a wrong shape
+        if t.ndim == 0 and y.ndim == 0:  # one label and one time: one embedding for the batch
+            label, rows = self.label_embed(y)[None], None
+        elif t.ndim == 0:  # one time, a label per sample: project every class once, then gather
+            label, rows = self.label_embed.embedding[...], labels
+        else:
+            label, rows = self.label_embed(labels), None
+        return self.score._apply(x, t, label, rows)
 
 
 def count_params(model: nnx.Module) -> int:

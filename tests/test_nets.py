@@ -150,5 +150,10 @@ def test_class_conditional_mlp():
     mixed = model(x, 0.3, jnp.array([0, 3, 0, 3]))
     np.testing.assert_allclose(mixed[1], outs[3][1], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(mixed[2], outs[0][2], rtol=1e-5, atol=1e-6)
+    # one time and a label per sample projects each class once and gathers the rows; a
+    # time per sample projects each sample: the same function (float32 rounding)
+    labels = jnp.array([0, 3, 2, 1])
+    np.testing.assert_allclose(model(x, 0.3, labels), model(x, jnp.full(4, 0.3), labels), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model(x, 0.3, 2), model(x, jnp.full(4, 0.3), jnp.full(4, 2)), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="n_classes"):
         nets.ClassConditionalMLP(2, 0, rngs=nnx.Rngs(0))
