@@ -10,9 +10,9 @@ clipping and warm-up (``training.make_optimizer``), fresh samples at every step.
 * ``fit``: ``training.fit(model, loss, mix.sample, ...)``, ``steps_per_call`` steps per call.
 * ``plain scan``: the same network, loss, optimiser and random streams, as the shortest
   jitted ``lax.scan`` of ``value_and_grad`` + ``optax`` (no EMA, no history, no sharding).
-* ``torch eager``: a PyTorch copy of the architecture (same widths, SiLU, Fourier time
-  features) and loss, ``torch.optim.Adam`` + clipping, one Python step per iteration; only
-  when ``torch`` is importable.
+* ``torch eager``: a PyTorch copy of ``ScoreMLP`` (the same layers, widths, SiLU, time
+  embedding and parametrisation) and of the loss, ``torch.optim.Adam`` + clipping and
+  warm-up, one Python step per iteration; only when ``torch`` is importable.
 
 Steps per second exclude compilation (one warm-up call of each, then the best of
 ``--repeats`` timed runs of ``--steps`` steps). The clock is the process's CPU time
@@ -115,22 +115,39 @@ def time_torch(steps, repeats, threads=None):
     chol = torch.linalg.cholesky(torch.tensor(np.asarray(mix.covs), dtype=torch.float32))
     probs = torch.tensor(np.asarray(mix.weights), dtype=torch.float32)
 
+    # nets.time_input's affine map of log sigma(t) to [0, 1] over [T_MIN, T]
+    def log_sigma(t):
+        log_m = -0.25 * t**2 * (beta1 - beta0) - 0.5 * t * beta0
+        return 0.5 * torch.log(-torch.expm1(2 * log_m)) - log_m
+
+    lo, hi = (float(log_sigma(torch.tensor(t, dtype=torch.float64))) for t in (nets.T_MIN, vp.T))
+
     class Net(torch.nn.Module):
+        """nets.ScoreMLP(2, hidden=128, depth=3, sde=VP()): the same layers and sizes.
+        Fourier features of the normalised log noise level, one projection of them
+        (embed_proj) through SiLU, added through a bias-free projection (time_proj) to
+        every hidden layer; input divided by sqrt(m^2 + s^2), output by s(t)."""
+
         def __init__(self, d=2, hidden=128, depth=3, embed=32):
             super().__init__()
             self.register_buffer("w", torch.randn(embed // 2) * 2.0)
-            layers, width = [], d + embed
-            for _ in range(depth):
-                layers += [torch.nn.Linear(width, hidden), torch.nn.SiLU()]
-                width = hidden
-            self.body = torch.nn.Sequential(*layers, torch.nn.Linear(hidden, d))
+            self.embed_proj = torch.nn.Linear(embed, embed)
+            widths = [d] + [hidden] * depth
+            self.layers = torch.nn.ModuleList(torch.nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+            self.time_proj = torch.nn.ModuleList(torch.nn.Linear(embed, hidden, bias=False) for _ in range(depth))
+            self.out = torch.nn.Linear(hidden, d)
 
         def forward(self, x, t, s, m):
-            u = torch.log(s / m)[:, None] * self.w
-            h = torch.cat([x / torch.sqrt(m**2 + s**2)[:, None], torch.sin(u), torch.cos(u)], 1)
-            return self.body(h) / s[:, None]
+            angles = 2 * math.pi * ((log_sigma(t) - lo) / (hi - lo))[:, None] * self.w
+            e = torch.nn.functional.silu(self.embed_proj(torch.cat([torch.sin(angles), torch.cos(angles)], 1)))
+            h = x / torch.sqrt(m**2 + s**2)[:, None]
+            for layer, tp in zip(self.layers, self.time_proj):
+                h = torch.nn.functional.silu(layer(h) + tp(e))
+            return self.out(h) / s[:, None]
 
     net = Net()
+    n_torch, n_flax = sum(p.numel() for p in net.parameters()), nets.count_params(problem()[2])
+    assert n_torch == n_flax, f"the PyTorch copy has {n_torch} parameters, ScoreMLP {n_flax}"
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, i / 100))
 
