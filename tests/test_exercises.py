@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from companion import exercises
-from companion.exercises import _core, _progress
+from companion.exercises import _calling, _core, _progress
 from companion.exercises._core import exercise
 
 
@@ -347,9 +347,9 @@ def test_call_compiled_gives_what_the_function_gives():
         return x * c + 1
 
     x = jnp.arange(3.0)
-    np.testing.assert_allclose(_core.call_compiled(f, x, 2.0), f(x, 2.0))
+    np.testing.assert_allclose(_calling.call_compiled(f, x, 2.0), f(x, 2.0))
     cases = [(jnp.arange(3.0), 2.0), (jnp.ones((2, 2)), -1.0)]
-    for got, args in zip(_core.call_compiled_each(f, cases), cases):
+    for got, args in zip(_calling.call_compiled_each(f, cases), cases):
         np.testing.assert_allclose(got, f(*args))
 
 
@@ -363,7 +363,7 @@ def test_call_compiled_each_traces_every_case_into_one_program():
         seen.append(isinstance(x, jax.core.Tracer))
         return x + 1
 
-    out = list(_core.call_compiled_each(f, [(jnp.zeros(2),), (jnp.zeros(3),)]))
+    out = list(_calling.call_compiled_each(f, [(jnp.zeros(2),), (jnp.zeros(3),)]))
     assert [o.shape for o in out] == [(2,), (3,)]
     assert seen == [True, True]  # each case traced once, none run op by op
 
@@ -377,8 +377,8 @@ def test_a_function_that_cannot_be_traced_is_called_as_it_is_case_by_case():
             raise ValueError("a positive first entry")
         return x * 2
 
-    assert float(_core.call_compiled(f, jnp.full(2, -1.0))[0]) == -2.0
-    results = _core.call_compiled_each(f, [(jnp.zeros(2),), (jnp.ones(2),)])
+    assert float(_calling.call_compiled(f, jnp.full(2, -1.0))[0]) == -2.0
+    results = _calling.call_compiled_each(f, [(jnp.zeros(2),), (jnp.ones(2),)])
     np.testing.assert_allclose(next(results), 0.0)  # the first case, before the failure
     with pytest.raises(ValueError, match="positive"):
         next(results)

@@ -22,12 +22,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from companion.exercises._calling import call_compiled, call_compiled_each
 from companion.exercises._progress import progress_path, read_passed, record_pass
 
 __all__ = [
     "Mismatch", "WriteItYourself", "Exercise", "exercise", "blocking", "Text", "hint", "names",
-    "get", "check", "Progress", "progress", "call_compiled", "call_compiled_each", "as_array",
+    "get", "check", "Progress", "progress", "as_array",
     "is_close", "as_pair",
     "expect_close",
 ]

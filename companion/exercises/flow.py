@@ -24,11 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from companion import sde as sdes
+from companion.exercises._calling import call_compiled_each
 from companion.exercises._core import (
     Mismatch,
     as_array,
     as_pair,
-    call_compiled_each,
     exercise,
     expect_close,
 )

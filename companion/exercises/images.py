@@ -18,7 +18,8 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from companion.exercises._core import Mismatch, as_array, call_compiled_each, exercise, expect_close, is_close
+from companion.exercises._calling import call_compiled_each
+from companion.exercises._core import Mismatch, as_array, exercise, expect_close, is_close
 
 __all__: list[str] = []  # importing the module registers its exercises; nothing to import
 

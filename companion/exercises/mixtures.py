@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from companion import sde as sde_lib
-from companion import toy
-from companion.exercises._core import Mismatch, as_array, as_pair, call_compiled_each, exercise, expect_close, is_close
+from companion import sde as sde_lib, toy
+from companion.exercises._calling import call_compiled_each
+from companion.exercises._core import Mismatch, as_array, as_pair, exercise, expect_close, is_close
 
 __all__: list[str] = []  # importing the module registers its exercises; nothing to import
 

@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from companion import sde as sdes
-from companion.exercises._core import Mismatch, as_array, call_compiled_each, exercise, expect_close
+from companion.exercises._calling import call_compiled_each
+from companion.exercises._core import Mismatch, as_array, exercise, expect_close
 
 __all__: list[str] = []  # importing the module registers its exercises; nothing to import
 
