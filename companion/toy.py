@@ -258,6 +258,23 @@ class GaussianMixture:
         return f"GaussianMixture(K={self.n_components}, d={self.dim})"
 
 
+def _perturbed_components(mix, sde, log_w, evals, evecs, x, t):
+    """The components of p_t at ``x`` (n, d), from Sigma_k = U_k diag(evals_k) U_k^T:
+    ``y = U_k^T (x - m mu_k)`` (n, K, d), the eigenvalues m^2 evals_k + s^2 of the perturbed
+    covariances (``(K, d)`` for a scalar ``t``, ``(n, K, d)`` for ``t`` of shape ``(n,)``),
+    ``U`` (K, d, d) and log w_k N(x; m mu_k, m^2 Sigma_k + s^2 I) (n, K)
+    (Eq. eq-perturbed-mixture, chapter 3). Shared by :func:`exact_score` and
+    :func:`exact_classifier`."""
+    m, s = sde.mean_coefficient(t), sde.kernel_std(t)
+    if t.ndim:
+        m, s = m[:, None, None], s[:, None, None]  # (n, 1, 1)
+    lam = m**2 * evals.astype(x.dtype) + s**2
+    u = evecs.astype(x.dtype)
+    y = jnp.einsum("kji,nkj->nki", u, x[:, None, :] - m * mix.means.astype(x.dtype))  # U^T (x - m mu)
+    log_pk = log_w - 0.5 * jnp.sum(y**2 / lam + jnp.log(lam), axis=-1) - 0.5 * mix.dim * math.log(2 * math.pi)
+    return y, lam, u, log_pk
+
+
 def exact_score(mix: GaussianMixture, sde: LinearSDE) -> ScoreFn:
     """The exact score of p_t, as a ``score_fn(x, t)`` with ``t`` a scalar or ``(n,)``.
 
@@ -271,17 +288,11 @@ def exact_score(mix: GaussianMixture, sde: LinearSDE) -> ScoreFn:
     """
     log_w = jnp.log(mix.weights)
     evals, evecs = jnp.linalg.eigh(mix.covs)  # (K, d), (K, d, d); Sigma_k = U diag(l) U^T
-    d = mix.dim
 
     @jax.jit  # one compiled program per shape, also when a chapter calls it outside a sampler
     def perturbed_score(x, t):
         t = jnp.broadcast_to(jnp.asarray(t, dtype=x.dtype), (x.shape[0],))
-        m = sde.mean_coefficient(t)[:, None, None]  # (n, 1, 1)
-        s = sde.kernel_std(t)[:, None, None]
-        lam = m**2 * evals.astype(x.dtype) + s**2  # (n, K, d): eigenvalues of the perturbed covariances
-        u = evecs.astype(x.dtype)
-        y = jnp.einsum("kji,nkj->nki", u, x[:, None, :] - m * mix.means.astype(x.dtype))  # U^T (x - m mu)
-        log_pk = log_w - 0.5 * jnp.sum(y**2 / lam + jnp.log(lam), axis=-1) - 0.5 * d * math.log(2 * math.pi)
+        y, lam, u, log_pk = _perturbed_components(mix, sde, log_w, evals, evecs, x, t)
         scores = -jnp.einsum("kij,nkj->nki", u, y / lam)  # -(m^2 Sigma + s^2 I)^{-1} (x - m mu)
         resp = jax.nn.softmax(log_pk, axis=-1)  # responsibilities, a log-sum-exp inside
         return jnp.einsum("nk,nki->ni", resp, scores).astype(x.dtype)
@@ -308,18 +319,11 @@ def exact_classifier(mix: GaussianMixture, sde: LinearSDE) -> Callable[[jax.Arra
     """
     log_w = jnp.log(mix.weights)
     evals, evecs = jnp.linalg.eigh(mix.covs)  # (K, d), (K, d, d); Sigma_k = U diag(l) U^T
-    d = mix.dim
 
     @jax.jit  # one compiled program per shape, also when called outside a sampler
     def logits(x, t):
-        t = jnp.asarray(t, dtype=x.dtype)
-        t = t[:, None, None] if t.ndim else t  # (n, 1, 1) or a scalar
-        m, s = sde.mean_coefficient(t), sde.kernel_std(t)
-        lam = m**2 * evals.astype(x.dtype) + s**2  # (K, d) or (n, K, d): eigenvalues of the perturbed covariances
-        u = evecs.astype(x.dtype)
-        y = jnp.einsum("kji,nkj->nki", u, x[:, None, :] - m * mix.means.astype(x.dtype))  # U^T (x - m mu)
-        return log_w.astype(x.dtype) - 0.5 * jnp.sum(y**2 / lam + jnp.log(lam), axis=-1) - 0.5 * d * math.log(
-            2 * math.pi)
+        log_pk = _perturbed_components(mix, sde, log_w, evals, evecs, x, jnp.asarray(t, dtype=x.dtype))[-1]
+        return log_pk.astype(x.dtype)
 
     def classifier(x, t):
         x = mix._check_points(x)
