@@ -30,7 +30,6 @@ __all__ = [
     "check_score_fn",
     "static",
     "traceable",
-    "batch_times",
     "shared_time",
     "norms",
     "check_x",
@@ -177,11 +176,6 @@ def shared_time(x: jax.Array, t: Any) -> jax.Array:
     scalar). A network then computes its time embedding once per call instead of once
     per sample (the course's networks keep a scalar ``t`` scalar)."""
     return jnp.asarray(t, dtype=x.dtype)
-
-
-def batch_times(x: jax.Array, t: Any) -> jax.Array:
-    """The scalar time ``t`` as a per-sample vector ``(n,)`` in the dtype of ``x`` ``(n, *dims)``."""
-    return jnp.full(x.shape[:1], t, dtype=x.dtype)
 
 
 def norms(v: jax.Array) -> jax.Array:

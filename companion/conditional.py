@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from companion import sampling
-from companion._common import batch_times, check_int, check_positive, check_score_fn, check_sde, traceable
+from companion._common import check_int, check_positive, check_score_fn, check_sde, shared_time, traceable
 from companion.sde import LinearSDE, ScoreFn, check_cutoff
 
 __all__ = [
@@ -182,7 +182,7 @@ def _impute(sde, score_fn, key, x_known, mask, n_steps, eps, predictor, correcto
 
     def replace(x, t, k):
         """Eq. (eq-replacement): the known coordinates <- a draw of p_0t(x_t | x_0 = x_known)."""
-        x_t, _ = sde.perturb(k, x_known, batch_times(x, t))
+        x_t, _ = sde.perturb(k, x_known, shared_time(x, t))
         return jnp.where(mask, x_t, x)
 
     def replacing(step, at_next):

@@ -82,10 +82,8 @@ def test_traceable_traces_arrays_and_keeps_the_rest_static():
     assert float(apply(_common.traceable(f2), 1.0)) == 3.0
 
 
-def test_batch_times_and_norms():
+def test_shared_time_and_norms():
     x = jnp.ones((3, 2, 2), jnp.float32)
-    t = _common.batch_times(x, 0.5)
-    assert t.shape == (3,) and t.dtype == jnp.float32 and float(t[0]) == 0.5
     np.testing.assert_allclose(_common.norms(x), np.full(3, 2.0))
     shared = _common.shared_time(x, 0.5)  # what samplers pass: one time, a 0-d array
     assert shared.shape == () and shared.dtype == jnp.float32 and float(shared) == 0.5
