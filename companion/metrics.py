@@ -13,6 +13,9 @@ independent data samples of the same size give: the *two-sample floor*
   judge of a sampler. Units of x; 0 only when every projection agrees.
 - :func:`mmd`: the squared maximum mean discrepancy with a Gaussian kernel, unbiased
   estimator (so it can be slightly negative), median-heuristic bandwidth by default.
+- :func:`kid`: the kernel inception-style distance between two samples of *features*
+  (unbiased MMD^2 with the cubic polynomial kernel, Binkowski et al. 2018) with a standard
+  error; the book's yardstick for images, on its digits judge's features.
 
 Measured floors on ``toy.four_gaussians_2d()`` (two independent samples of n points each,
 mean +- standard deviation over 50 pairs, ``n_projections=128``, ``p=1``;
@@ -57,6 +60,8 @@ __all__ = [
     "mixture_report",
     "MixtureReport",
     "matches_mixture",
+    "kid",
+    "KID",
 ]
 
 
@@ -209,6 +214,115 @@ def two_sample_floor(
             values.append(float(mmd(a, b)))
     values = np.asarray(values)
     return Floor(float(values.mean()), float(values.std(ddof=1)))
+
+
+# ------------------------------------------------------ kernel distance between features
+
+
+class KID(NamedTuple):
+    """The kernel (inception-style) distance of :func:`kid` and its standard error."""
+
+    estimate: float
+    standard_error: float
+
+
+def _check_features(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    for name, v in (("features_a", a), ("features_b", b)):
+        if v.ndim != 2:
+            raise ValueError(f"{name}: expected an array of shape (n, dim), got shape {v.shape}")
+        if v.shape[0] < 4:
+            raise ValueError(f"{name}: at least 4 rows are needed for the estimate and its standard error, "
+                             f"got {v.shape[0]}")
+        if not np.issubdtype(v.dtype, np.floating):
+            raise TypeError(f"{name}: expected a floating-point array, got dtype {v.dtype}")
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f"{name}: contains values that are not finite")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"features_b: expected rows of dimension {a.shape[1]} like features_a, "
+                         f"got {b.shape[1]}")
+    return a.astype(np.float64), b.astype(np.float64)
+
+
+def _kernel_sums(x, y, same, block=1024):
+    """Row sums, column sums and sum of squares of the kernel matrix k(x_i, y_j) = (x_i . y_j / dim + 1)^3,
+    by blocks of rows (memory ``block * len(y)``); ``same``: x is y, leave the diagonal out."""
+    dim = x.shape[1]
+    rows, cols, squares = np.zeros(x.shape[0]), np.zeros(y.shape[0]), 0.0
+    for start in range(0, x.shape[0], block):
+        k = (x[start:start + block] @ y.T / dim + 1.0) ** 3
+        if same:
+            i = np.arange(k.shape[0])
+            k[i, start + i] = 0.0
+        rows[start:start + block] = k.sum(1)
+        cols += k.sum(0)
+        squares += float(np.sum(k * k))
+    return rows, cols, squares
+
+
+def kid(features_a: ArrayLike, features_b: ArrayLike) -> KID:
+    """Kernel inception-style distance between two samples of features, with its standard error.
+
+    ``features_a`` ``(n, dim)`` and ``features_b`` ``(m, dim)`` (for images: the features a
+    fixed classifier computes; Binkowski et al. 2018 use an Inception network's, the book
+    its digits judge's). Returns ``KID(estimate, standard_error)``, a named tuple of two
+    floats (computed in float64 with NumPy).
+
+    The estimate is the unbiased squared maximum mean discrepancy with the polynomial kernel
+    k(x, y) = (x . y / dim + 1)^3:
+
+        MMD^2_u = sum_{i != i'} k(a_i, a_i') / (n (n - 1)) + sum_{j != j'} k(b_j, b_j') / (m (m - 1))
+                  - 2 sum_{i, j} k(a_i, b_j) / (n m),
+
+    which is 0 in expectation when both samples come from one distribution (so it can be
+    slightly negative) and positive when they differ (the cubic kernel sees the first
+    three moments of the features). Unlike the Frechet distance it has no bias that depends
+    on n, so values at different sample sizes compare.
+
+    The standard error is the square root of an unbiased estimate of the estimator's exact
+    variance, from the Hoeffding decomposition of the two-sample U-statistic:
+
+        Var = 4 s_a^2 / n + 4 s_b^2 / m + 2 t_aa / (n (n - 1)) + 2 t_bb / (m (m - 1)) + 4 t_ab / (n m),
+
+    where s_a^2 is the variance over a of E_a' k(a, a') - E_b k(a, b) (its first-order
+    part, 0 when the distributions agree), and the t's are the second moments of the
+    doubly centred kernels (the second-order part, which dominates when they agree). Every
+    moment is estimated without bias from sums over distinct indices, so the standard
+    error holds under both the null and the alternative (``tests/test_metrics.py`` checks
+    by simulation on Gaussians that the spread of the estimates over independent draws
+    matches the mean reported standard error). Memory grows like 1024 (n + m) floats; time
+    like (n + m)^2 dim. At least 4 rows per sample.
+    """
+    a, b = _check_features(features_a, features_b)
+    n, m = float(a.shape[0]), float(b.shape[0])
+    ra, _, ss_aa = _kernel_sums(a, a, True)  # row sums of k(a_i, a_i'), i' != i
+    rb, _, ss_bb = _kernel_sums(b, b, True)
+    sa, cb, ss_ab = _kernel_sums(a, b, False)  # row sums over b, column sums over a
+    t_aa, t_bb, t_ab = ra.sum(), rb.sum(), sa.sum()
+    estimate = t_aa / (n * (n - 1)) + t_bb / (m * (m - 1)) - 2 * t_ab / (n * m)
+
+    # unbiased moments: E k(a,a')k(a,a''), E k(a,a')k(a,b), E k(a,b)k(a,b') and the b-side ones
+    a1 = (ra @ ra - ss_aa) / (n * (n - 1) * (n - 2))
+    a2 = (ra @ sa) / (n * (n - 1) * m)
+    a3 = (sa @ sa - ss_ab) / (n * m * (m - 1))
+    b1 = (rb @ rb - ss_bb) / (m * (m - 1) * (m - 2))
+    b2 = (rb @ cb) / (m * (m - 1) * n)
+    b3 = (cb @ cb - ss_ab) / (m * n * (n - 1))
+    e_aa, e_bb, e_ab = ss_aa / (n * (n - 1)), ss_bb / (m * (m - 1)), ss_ab / (n * m)
+    # products of the means, over disjoint index sets: theta_aa^2, theta_bb^2, theta_ab^2, ...
+    p_aa = (t_aa**2 - 4 * (ra @ ra - ss_aa) - 2 * ss_aa) / (n * (n - 1) * (n - 2) * (n - 3))
+    p_bb = (t_bb**2 - 4 * (rb @ rb - ss_bb) - 2 * ss_bb) / (m * (m - 1) * (m - 2) * (m - 3))
+    p_ab = (t_ab**2 - sa @ sa - cb @ cb + ss_ab) / (n * (n - 1) * m * (m - 1))
+    p_aa_ab = (t_aa * t_ab - 2 * (ra @ sa)) / (n * (n - 1) * (n - 2) * m)
+    p_bb_ab = (t_bb * t_ab - 2 * (rb @ cb)) / (m * (m - 1) * (m - 2) * n)
+    s2_a = a1 - 2 * a2 + a3 - (p_aa - 2 * p_aa_ab + p_ab)
+    s2_b = b1 - 2 * b2 + b3 - (p_bb - 2 * p_bb_ab + p_ab)
+    tau_aa = e_aa - 2 * a1 + p_aa
+    tau_bb = e_bb - 2 * b1 + p_bb
+    tau_ab = e_ab - a3 - b3 + p_ab
+    var = (4 * s2_a / n + 4 * s2_b / m + 2 * tau_aa / (n * (n - 1)) + 2 * tau_bb / (m * (m - 1))
+           + 4 * tau_ab / (n * m))
+    return KID(float(estimate), float(math.sqrt(max(var, 0.0))))
 
 
 # ------------------------------------------------------------------ statistics with power

@@ -251,3 +251,63 @@ def test_bad_samples_raise(x, match):
 def test_bad_level_raises(level):
     with pytest.raises(ValueError, match="level"):
         metrics.mixture_report(MIX.sample(KEY, 1000), MIX, level=level)
+
+
+# ------------------------------------------------------------------------------ kid
+
+
+def test_kid_matches_a_direct_computation():
+    a, b = gaussian(20, 30, d=5), gaussian(21, 20, d=5, shift=0.3)
+    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    k = lambda u, v: (u @ v.T / 5 + 1) ** 3
+    kaa, kbb, kab = k(x, x), k(y, y), k(x, y)
+    want = ((kaa.sum() - np.trace(kaa)) / (30 * 29) + (kbb.sum() - np.trace(kbb)) / (20 * 19)
+            - 2 * kab.mean())
+    estimate, se = metrics.kid(a, b)
+    assert estimate == pytest.approx(want, rel=1e-10)
+    assert se > 0
+    assert metrics.kid(b, a).estimate == pytest.approx(estimate, rel=1e-10)
+
+
+@pytest.mark.parametrize("shift, n, m", [(0.0, 100, 100), (0.0, 60, 150), (0.3, 100, 80)])
+def test_kid_standard_error_is_calibrated(shift, n, m):
+    """300 independent draws of two Gaussian samples in 8 dimensions (the first equal in
+    law, zero in expectation; the second shifted by 0.3 in every coordinate). The spread of
+    the 300 estimates agrees with the reported standard error (root mean square over the
+    draws) within 20 %: the sample std of 300 draws is uncertain by about 4 % for a
+    Gaussian and more for the skewed null distribution of an MMD (a mistake in the
+    variance formula, e.g. only its first-order part or the jackknife, is off by 40 % or
+    more under the null). Measured over 1000 draws: 0.0376 vs 0.0388, 0.0467 vs 0.0450,
+    0.132 vs 0.133. The mean of the null estimates is 0 within 4 standard errors."""
+    rng = np.random.default_rng(int(shift * 10) + n + m)
+    res = np.array([metrics.kid(rng.normal(size=(n, 8)), rng.normal(size=(m, 8)) + shift)
+                    for _ in range(300)])
+    spread, se = res[:, 0].std(ddof=1), np.sqrt(np.mean(res[:, 1] ** 2))
+    assert 0.8 < spread / se < 1.2, (spread, se)
+    if shift == 0.0:
+        assert abs(res[:, 0].mean()) < 4 * spread / np.sqrt(300)
+
+
+def test_kid_detects_a_mean_shift_and_accepts_the_same_law():
+    """n = 1000 in 8 dimensions: a shift of 0.2 in every coordinate (expected estimate
+    about 0.15, standard error about 0.025) is more than 5 standard errors above 0; a second
+    sample of the same law is within 4 of them."""
+    a, b, c = gaussian(30, 1000, d=8), gaussian(31, 1000, d=8), gaussian(32, 1000, d=8, shift=0.2)
+    same, shifted = metrics.kid(a, b), metrics.kid(a, c)
+    assert abs(same.estimate) < 4 * same.standard_error
+    assert shifted.estimate > 5 * shifted.standard_error, shifted
+
+
+@pytest.mark.parametrize(
+    "a, b, arg",
+    [
+        (np.ones((10, 3)), np.ones((10, 4)), "features_b"),
+        (np.ones((3, 3)), np.ones((10, 3)), "features_a"),
+        (np.ones((10, 3)), np.ones((1, 3)), "features_b"),
+        (np.ones(10), np.ones((10, 1)), "features_a"),
+        (np.ones((10, 3)), np.full((10, 3), np.nan), "features_b"),
+    ],
+)
+def test_kid_bad_input_raises_naming_the_argument(a, b, arg):
+    with pytest.raises(ValueError, match=arg):
+        metrics.kid(a, b)
