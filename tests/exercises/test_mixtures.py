@@ -14,7 +14,7 @@ def check(name, fn):
 
 def test_the_chapter_6_exercises_are_registered_in_order():
     names = exercises.names()
-    mine = ["class_probabilities", "gaussian_conditional", "replace_known"]
+    mine = ["class_probabilities", "conditional_weights", "replace_known", "guided_score"]
     assert [n for n in names if n in mine] == mine
     assert all(exercises.get(n).chapter == 6 for n in mine)
 
@@ -36,12 +36,29 @@ def class_right(sde, x, t, means, variances, weights):
     return jax.nn.softmax(logits, axis=1)
 
 
-def class_right_by_densities(sde, x, t, means, variances, weights):
-    """Densities, then normalise (fine in float32 on these inputs)."""
+def class_right_shifted(sde, x, t, means, variances, weights):
+    """Log densities, the largest subtracted before exp: log-sum-exp by hand."""
+    mu, var = _perturbed(sde, t, means, variances)
+    logs = jnp.log(weights) - 0.5 * jnp.sum((x[:, None, :] - mu[None]) ** 2, -1) / var
+    logs = logs - 0.5 * x.shape[1] * jnp.log(2 * jnp.pi * var)
+    e = jnp.exp(logs - logs.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def class_naive_exp(sde, x, t, means, variances, weights):
+    """Densities, then normalise: 0/0 where every density underflows."""
     mu, var = _perturbed(sde, t, means, variances)
     d = x.shape[1]
     dens = weights * jnp.exp(-0.5 * jnp.sum((x[:, None, :] - mu[None]) ** 2, -1) / var) / (2 * jnp.pi * var) ** (d / 2)
     return dens / dens.sum(axis=1, keepdims=True)
+
+
+def class_naive_exp_guarded(sde, x, t, means, variances, weights):
+    """Densities, normalised with a guard against 0/0: rows of zeros far from the modes."""
+    mu, var = _perturbed(sde, t, means, variances)
+    d = x.shape[1]
+    dens = weights * jnp.exp(-0.5 * jnp.sum((x[:, None, :] - mu[None]) ** 2, -1) / var) / (2 * jnp.pi * var) ** (d / 2)
+    return dens / (dens.sum(axis=1, keepdims=True) + 1e-30)
 
 
 def _class_wrong(**kw):
@@ -67,140 +84,182 @@ def class_library(sde, x, t, means, variances, weights):
     return mix.perturbed(sde, t).responsibilities(x)
 
 
+# each known wrong answer, and the words its message must contain (None: no diagnosis)
 CLASS_WRONG = {
-    "calls the companion (GaussianMixture.perturbed.responsibilities)": class_library,
-    "the clean-data classifier (no kernel noise)": _class_wrong(scale_mean=False, scale_var=False, noise=False),
-    "means not scaled by m(t)": _class_wrong(scale_mean=False),
-    "variances not scaled by m(t)^2": _class_wrong(scale_var=False),
-    "no normalising factor": _class_wrong(drop_norm=True),
-    "no weights": _class_wrong(drop_weights=True),
-    "not normalised over classes": _class_wrong(no_softmax=True),
+    "the clean-data classifier (no kernel noise)": (
+        _class_wrong(scale_mean=False, scale_var=False, noise=False), "clean data"),
+    "means not scaled by a(t)": (_class_wrong(scale_mean=False), "means are not scaled"),
+    "variances not scaled by a(t)^2": (_class_wrong(scale_var=False), "variances are not scaled"),
+    "no normalising factor": (_class_wrong(drop_norm=True), "normalising factor"),
+    "no weights": (_class_wrong(drop_weights=True), "weights pi_k are missing"),
+    "not normalised over classes": (_class_wrong(no_softmax=True), "not normalised over k"),
+    "normalised outside log space (naive exp)": (class_naive_exp, "log-sum-exp"),
+    "naive exp with a guard against 0/0": (class_naive_exp_guarded, "log-sum-exp"),
+    "calls the companion (GaussianMixture.perturbed.responsibilities)": (class_library, "write it yourself"),
 }
 
 
-@pytest.mark.parametrize("fn", [class_right, class_right_by_densities])
+@pytest.mark.parametrize("fn", [class_right, class_right_shifted])
 def test_class_probabilities_accepts_right_answers(fn):
     assert check("class_probabilities", fn)
 
 
-@pytest.mark.parametrize("wrong", CLASS_WRONG.values(), ids=CLASS_WRONG.keys())
-def test_class_probabilities_rejects_wrong_answers(wrong):
-    assert not check("class_probabilities", wrong)
+@pytest.mark.parametrize("name", CLASS_WRONG, ids=list(CLASS_WRONG))
+def test_class_probabilities_rejects_and_names_wrong_answers(name, capsys):
+    wrong, words = CLASS_WRONG[name]
+    assert not exercises.check("class_probabilities", wrong)
+    if words:
+        assert words in capsys.readouterr().out
 
 
-def test_class_probabilities_message_names_the_mistake(capsys):
-    exercises.check("class_probabilities", CLASS_WRONG["no normalising factor"])
-    assert "normalising factor" in capsys.readouterr().out
+# ------------------------------------------------------------------------ conditional_weights
 
 
-# ----------------------------------------------------------------------- gaussian_conditional
+def _log_marginal(mean, cov, x_o, o):
+    block = cov[np.ix_(o, o)]
+    diff = x_o - mean[o]
+    quad = jnp.sum(diff * jnp.linalg.solve(block, diff.T).T, axis=1)
+    return -0.5 * quad - 0.5 * jnp.linalg.slogdet(2 * jnp.pi * block)[1]
 
 
-def _split(mean, cov, observed):
+def weights_right(means, covs, weights, x_o, observed):
     o = np.asarray(observed)
-    u = np.setdiff1d(np.arange(mean.shape[0]), o)
-    return o, u, cov[np.ix_(u, o)], cov[np.ix_(o, o)], cov[np.ix_(u, u)]
+    logs = jnp.stack([jnp.log(w) + _log_marginal(m, c, x_o, o) for m, c, w in zip(means, covs, weights)], 1)
+    return jax.nn.softmax(logs, axis=1)
 
 
-def cond_right(mean, cov, x_o, observed):
-    o, u, s_uo, s_oo, s_uu = _split(mean, cov, observed)
-    gain = s_uo @ jnp.linalg.inv(s_oo)
-    return mean[u] + gain @ (x_o - mean[o]), s_uu - gain @ s_uo.T
+def weights_right_by_logsumexp(means, covs, weights, x_o, observed):
+    """jax.scipy's logpdf (allowed: a building block) and an explicit log-sum-exp."""
+    from jax.scipy.special import logsumexp
+    from jax.scipy.stats import multivariate_normal
+
+    o = list(observed)
+    logs = jnp.stack([jnp.log(weights[k]) + multivariate_normal.logpdf(x_o, means[k][jnp.array(o)],
+                                                                         covs[k][jnp.ix_(jnp.array(o), jnp.array(o))])
+                      for k in range(means.shape[0])], axis=1)
+    return jnp.exp(logs - logsumexp(logs, axis=1, keepdims=True))
 
 
-def cond_right_by_precision(mean, cov, x_o, observed):
-    """Through the precision matrix: Lambda_uu^{-1} is the conditional covariance."""
-    o, u, *_ = _split(mean, cov, observed)
-    prec = jnp.linalg.inv(cov)
-    c = jnp.linalg.inv(prec[np.ix_(u, u)])
-    return mean[u] - c @ prec[np.ix_(u, o)] @ (x_o - mean[o]), c
-
-
-def _cond_wrong(kind):
-    def fn(mean, cov, x_o, observed):
-        o, u, s_uo, s_oo, s_uu = _split(mean, cov, observed)
-        gain = s_uo @ jnp.linalg.inv(s_oo)
-        m, c = mean[u] + gain @ (x_o - mean[o]), s_uu - gain @ s_uo.T
-        if kind == "uncentred":
-            m = mean[u] + gain @ x_o
-        elif kind == "no inverse":
-            m, c = mean[u] + s_uo @ (x_o - mean[o]), s_uu - s_uo @ s_uo.T
-        elif kind == "plus":
-            c = s_uu + gain @ s_uo.T
-        elif kind == "prior block":
-            c = s_uu
-        return m, c
+def _weights_wrong(kind):
+    def fn(means, covs, weights, x_o, observed):
+        o = np.asarray(observed)
+        if kind == "sorted (a mask)":
+            o = np.flatnonzero(np.isin(np.arange(means.shape[1]), o))
+        logs = []
+        for m, c, w in zip(means, covs, weights):
+            if kind == "precision block":
+                prec = jnp.linalg.inv(c)[np.ix_(o, o)]
+                diff = x_o - m[o]
+                val = -0.5 * jnp.sum(diff * (diff @ prec), 1) + 0.5 * jnp.linalg.slogdet(prec / (2 * jnp.pi))[1]
+            elif kind == "no normalising factor":
+                diff = x_o - m[o]
+                val = -0.5 * jnp.sum(diff * jnp.linalg.solve(c[np.ix_(o, o)], diff.T).T, 1)
+            elif kind in ("unobserved set to zero", "unobserved set to the mean"):
+                full = (jnp.zeros((x_o.shape[0], m.shape[0])) if kind.endswith("zero")
+                        else jnp.broadcast_to(m, (x_o.shape[0], m.shape[0])))
+                full = full.at[:, o].set(x_o)
+                val = _log_marginal(m, c, full, np.arange(m.shape[0]))
+            else:
+                val = _log_marginal(m, c, x_o, o)
+            logs.append(val + (0.0 if kind == "no weights" else jnp.log(w)))
+        logs = jnp.stack(logs, axis=1)
+        if kind == "prior weights":
+            return jnp.broadcast_to(weights, logs.shape)
+        if kind == "naive exp":
+            dens = jnp.exp(logs)
+            return dens / dens.sum(axis=1, keepdims=True)
+        return jax.nn.softmax(logs, axis=1)
 
     return fn
 
 
-COND_WRONG = {k: _cond_wrong(k) for k in ("uncentred", "no inverse", "plus", "prior block")}
+def weights_library(means, covs, weights, x_o, observed):
+    mix = toy.GaussianMixture(means, covs, weights)
+    return jnp.stack([mix.condition(x, observed).weights for x in x_o])
 
 
-def cond_library(mean, cov, x_o, observed):
-    mix = toy.GaussianMixture(mean[None], cov[None], jnp.ones(1))
-    c = mix.condition(x_o, observed)
-    return c.means[0], c.covs[0]
+# each known wrong answer, and the words its message must contain (None: rejected, no diagnosis)
+WEIGHTS_WRONG = {
+    "sorted (a mask)": "order of `observed`",
+    "precision block": "block of the inverse covariance",
+    "no normalising factor": "normalising factor",
+    "no weights": "weights pi_k are missing",
+    "prior weights": "prior weights",
+    "unobserved set to zero": "integrated out",
+    "unobserved set to the mean": "integrated out",
+    "naive exp": "log-sum-exp",
+}
 
 
-COND_WRONG["calls the companion (GaussianMixture.condition)"] = cond_library
+@pytest.mark.parametrize("fn", [weights_right, weights_right_by_logsumexp])
+def test_conditional_weights_accepts_right_answers(fn):
+    assert check("conditional_weights", fn)
 
 
-@pytest.mark.parametrize("fn", [cond_right, cond_right_by_precision])
-def test_gaussian_conditional_accepts_right_answers(fn):
-    assert check("gaussian_conditional", fn)
+@pytest.mark.parametrize("kind", WEIGHTS_WRONG, ids=list(WEIGHTS_WRONG))
+def test_conditional_weights_rejects_and_names_wrong_answers(kind, capsys):
+    assert not exercises.check("conditional_weights", _weights_wrong(kind))
+    assert WEIGHTS_WRONG[kind] in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("wrong", COND_WRONG.values(), ids=COND_WRONG.keys())
-def test_gaussian_conditional_rejects_wrong_answers(wrong):
-    assert not check("gaussian_conditional", wrong)
-
-
-def test_gaussian_conditional_rejects_a_single_array():
-    assert not check("gaussian_conditional", lambda mean, cov, x_o, observed: cond_right(mean, cov, x_o, observed)[0])
+def test_conditional_weights_refuses_the_companion(capsys):
+    assert not exercises.check("conditional_weights", weights_library)
+    assert "write it yourself" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------ replace_known
 
 
-def replace_right(sde, x, x_known, mask, t, z):
-    return jnp.where(mask, sde.mean_coefficient(t) * x_known + sde.kernel_std(t) * z, x)
+def replace_right(sde, x, x_o, observed, t, z):
+    return x.at[:, jnp.asarray(observed)].set(sde.mean_coefficient(t) * x_o + sde.kernel_std(t) * z)
 
 
-def replace_right_arithmetic(sde, x, x_known, mask, t, z):
-    keep = jnp.broadcast_to(mask, x.shape).astype(x.dtype)
-    mean, std = sde.marginal(x_known, t)
-    return keep * (mean + std * z) + (1 - keep) * x
+def replace_right_by_columns(sde, x, x_o, observed, t, z):
+    mean, std = sde.marginal(x_o, t)
+    cols = [x[:, i] for i in range(x.shape[1])]
+    for j, i in enumerate(observed):
+        cols[i] = mean[:, j] + std * z[:, j]
+    return jnp.stack(cols, axis=1)
 
 
+def _replace_wrong(values, sort=False):
+    def fn(sde, x, x_o, observed, t, z):
+        a, b = sde.mean_coefficient(t), sde.kernel_std(t)
+        o = np.asarray(observed)
+        if sort:  # a boolean mask: its True entries come in increasing order
+            o = np.flatnonzero(np.isin(np.arange(x.shape[1]), o))
+        return x.at[:, o].set(values(a, b, x_o, z))
+
+    return fn
+
+
+# each known wrong answer, and the words its message must contain (None: rejected, no diagnosis)
 REPLACE_WRONG = {
-    "the companion's own noise (sde.perturb)": lambda sde, x, xk, mask, t, z: jnp.where(
-        mask, sde.perturb(jax.random.key(0), xk, t), x),
-    "mask inverted": lambda sde, x, xk, mask, t, z: jnp.where(
-        mask, x, sde.mean_coefficient(t) * xk + sde.kernel_std(t) * z),
-    "no noise": lambda sde, x, xk, mask, t, z: jnp.where(mask, xk, x),
-    "variance for std": lambda sde, x, xk, mask, t, z: jnp.where(
-        mask, sde.mean_coefficient(t) * xk + sde.kernel_std(t) ** 2 * z, x),
-    "mean not scaled": lambda sde, x, xk, mask, t, z: jnp.where(mask, xk + sde.kernel_std(t) * z, x),
-    "everything replaced": lambda sde, x, xk, mask, t, z: sde.mean_coefficient(t) * xk + sde.kernel_std(t) * z,
+    "mask order (sorted coordinates)": (_replace_wrong(lambda a, b, x_o, z: a * x_o + b * z, sort=True),
+                                        "in increasing order"),
+    "no noise": (_replace_wrong(lambda a, b, x_o, z: x_o), "put back as they are"),
+    "mean not scaled": (_replace_wrong(lambda a, b, x_o, z: x_o + b * z), "mean coefficient a(t)"),
+    "variance for std": (_replace_wrong(lambda a, b, x_o, z: a * x_o + b**2 * z), "variance b(t)^2"),
+    "noise missing, mean scaled": (_replace_wrong(lambda a, b, x_o, z: a * x_o), "noise is missing"),
+    "a and b swapped": (_replace_wrong(lambda a, b, x_o, z: b * x_o + a * z), "swapped"),
+    "nothing replaced": (lambda sde, x, x_o, observed, t, z: x, "unchanged"),
+    "the companion's own noise (sde.perturb)": (
+        lambda sde, x, x_o, observed, t, z: x.at[:, jnp.asarray(observed)].set(
+            sde.perturb(jax.random.key(0), x_o, t)[0]), None),
 }
 
 
-@pytest.mark.parametrize("fn", [replace_right, replace_right_arithmetic])
+@pytest.mark.parametrize("fn", [replace_right, replace_right_by_columns])
 def test_replace_known_accepts_right_answers(fn):
     assert check("replace_known", fn)
 
 
-@pytest.mark.parametrize("wrong", REPLACE_WRONG.values(), ids=REPLACE_WRONG.keys())
-def test_replace_known_rejects_wrong_answers(wrong):
-    assert not check("replace_known", wrong)
-
-
-
-def test_library_calls_are_refused_kindly(capsys):
-    exercises.check("class_probabilities", class_library)
-    assert "write it yourself" in capsys.readouterr().out
-    assert not check("gaussian_conditional", cond_library)
+@pytest.mark.parametrize("name", REPLACE_WRONG, ids=list(REPLACE_WRONG))
+def test_replace_known_rejects_and_names_wrong_answers(name, capsys):
+    wrong, words = REPLACE_WRONG[name]
+    assert not exercises.check("replace_known", wrong)
+    if words:
+        assert words in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- guided_score
