@@ -18,12 +18,7 @@ from jax.typing import ArrayLike
 
 from companion.toy import GaussianMixture
 
-__all__ = ["MixtureReport", "ModeStatistics", "matches_mixture", "mixture_report", "mode_statistics"]
-
-
-#
-# A distance between samples compares them with *other samples*, so it inherits their
-# noise; for a Gaussian mixture we know the answer exactly and can compare with it.
+__all__ = ["MixtureReport", "ModeStatistics", "bonferroni_band", "matches_mixture", "mixture_report", "mode_statistics"]
 
 
 class ModeStatistics(NamedTuple):
@@ -45,6 +40,31 @@ class ModeStatistics(NamedTuple):
     cov_se: np.ndarray
     spread: np.ndarray
     spread_se: np.ndarray
+
+    @property
+    def n_tests(self) -> int:
+        """How many statistics :func:`mixture_report` tests: K weights, K d means and the
+        K d (d + 1) / 2 distinct covariance entries (6 for the 1-D mixture of two modes, 24
+        for the 2-D one of four)."""
+        K, d = self.mean.shape
+        return K + K * d + K * d * (d + 1) // 2
+
+    def band(self, level: float = 1e-3) -> float:
+        """The Bonferroni band of :func:`mixture_report` at ``level``: every ``|z|`` must be
+        below Phi^{-1}(1 - level / (2 m)), m = :attr:`n_tests` (3.76 for m = 6, 4.10 for
+        m = 24 at level 1e-3)."""
+        return bonferroni_band(self.n_tests, level)
+
+
+def bonferroni_band(n_tests: int, level: float = 1e-3) -> float:
+    """Phi^{-1}(1 - level / (2 n_tests)): the bound on ``n_tests`` two-sided ``|z|`` such
+    that, for exactly standard normal z, any one exceeds it with probability at most
+    ``level`` (Bonferroni: the union bound, conservative for correlated statistics)."""
+    if isinstance(n_tests, bool) or not isinstance(n_tests, numbers.Integral) or n_tests < 1:
+        raise ValueError(f"n_tests: expected a positive int, got {n_tests!r}")
+    if not (isinstance(level, numbers.Real) and 0 < level < 1):
+        raise ValueError(f"level: expected a number in (0, 1), got {level!r}")
+    return -NormalDist().inv_cdf(level / (2 * int(n_tests)))
 
 
 def _check_mixture_sample(x, mix):
@@ -177,8 +197,8 @@ def mixture_report(x: ArrayLike, mix: GaussianMixture, *, level: float = 1e-3) -
         "cov": _z(s.cov, covs, s.cov_se),
     }
     tested = {"weight": z["weight"], "mean": z["mean"], "cov": z["cov"][:, iu[0], iu[1]]}
-    m = K + K * d + K * len(iu[0])
-    threshold = -NormalDist().inv_cdf(level / (2 * m))  # Phi^{-1}(1 - level / 2m)
+    m = s.n_tests
+    threshold = s.band(level)  # Phi^{-1}(1 - level / 2m)
     worst_name, worst_z, worst_at = "", -1.0, ()
     for name, v in tested.items():
         a = np.abs(v)

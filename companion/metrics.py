@@ -49,6 +49,7 @@ from companion._common import check_int
 from companion._mode_statistics import (
     MixtureReport,
     ModeStatistics,
+    bonferroni_band,
     matches_mixture,
     mixture_report,
     mode_statistics,
@@ -65,6 +66,7 @@ __all__ = [
     "mixture_report",
     "MixtureReport",
     "matches_mixture",
+    "bonferroni_band",
     "kid",
     "KID",
 ]

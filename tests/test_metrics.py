@@ -311,3 +311,18 @@ def test_kid_detects_a_mean_shift_and_accepts_the_same_law():
 def test_kid_bad_input_raises_naming_the_argument(a, b, arg):
     with pytest.raises(ValueError, match=arg):
         metrics.kid(a, b)
+
+
+def test_the_band_is_computed_from_the_number_of_statistics():
+    """3.76 for the 1-D mixture's 6 statistics and 4.10 for the 2-D mixture's 24, at level
+    1e-3; the band a report uses is the one its statistics expose."""
+    for mix, m, band in ((toy.two_gaussians_1d(), 6, 3.76), (MIX, 24, 4.10)):
+        x = mix.sample(jax.random.key(0), 1000)
+        s, report = metrics.mode_statistics(x, mix), metrics.mixture_report(x, mix)
+        assert s.n_tests == report.n_tests == m
+        assert s.band() == report.threshold == pytest.approx(band, abs=0.005)
+        assert metrics.bonferroni_band(m, 1e-3) == s.band()
+    assert metrics.bonferroni_band(1, 0.05) == pytest.approx(1.95996, abs=1e-5)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="n_tests"):
+            metrics.bonferroni_band(bad)
