@@ -1,18 +1,20 @@
 """Gaussian mixtures: toy data whose density, score and perturbed marginals are exact.
 
 Under a linear SDE (:mod:`companion.sde`) the kernel is Gaussian, so a Gaussian mixture
-stays one: component k of p_t has mean m(t) mu_k and covariance
-m(t)^2 Sigma_k + s(t)^2 I (Eq. eq-perturbed-mixture, chapter 3). Its score is the
-responsibility-weighted average of the component scores,
+stays one: component k of p_t, with the kernel's coefficients a(t) and b(t)
+(x_t = a(t) x_0 + b(t) z), has mean a(t) mu_k and covariance a(t)^2 Sigma_k + b(t)^2 I
+(the perturbed mixture of chapter 3). Its score is the responsibility-weighted average
+of the component scores,
 
-    grad log p(x) = sum_k r_k(x) (-Sigma_k^{-1} (x - mu_k)),   r_k = w_k N_k(x) / p(x),
+    grad log p(x) = sum_k gamma_k(x) (-Sigma_k^{-1} (x - mu_k)),
+    gamma_k(x) = pi_k N_k(x) / p(x)  (the responsibilities, pi_k the weights),
 
 computed with Cholesky factors and triangular solves (no explicit inverse) and a
 log-sum-exp, so it stays finite in float32 far from every mode.
 
 The exact references of conditional generation (chapter 6), the components being the
 classes: :meth:`GaussianMixture.component` (p(x | y), one component),
-:func:`exact_classifier` (the Bayes classifier p_t(y | x) of Eq. eq-bayes-classifier,
+:func:`exact_classifier` (the Bayes classifier p_t(y | x) of noisy data, chapter 6,
 as logits) and :meth:`GaussianMixture.condition` (p(x_u | x_o), again a Gaussian
 mixture). Chapter 8's :func:`exact_velocity` is the exact marginal velocity of a
 Gaussian probability path started from a mixture.
@@ -48,7 +50,7 @@ def _is_traced(*arrays) -> bool:
 
 
 def _component_terms(x, means, chol, log_weights):
-    """For one point ``x`` (d,): per-component log w_k N_k(x), shape (K,), and scores, (K, d)."""
+    """For one point ``x`` (d,): per-component log pi_k N_k(x), shape (K,), and scores, (K, d)."""
     d = x.shape[-1]
     diff = x - means  # (K, d)
     z = solve_triangular(chol, diff[..., None], lower=True)[..., 0]  # L^{-1} (x - mu)
@@ -62,7 +64,7 @@ def _component_terms(x, means, chol, log_weights):
 def _log_prob_and_score(x, means, chol, log_weights):
     log_pk, scores = _component_terms(x, means, chol, log_weights)
     log_p = logsumexp(log_pk)
-    resp = jnp.exp(log_pk - log_p)  # responsibilities r_k(x), summing to 1
+    resp = jnp.exp(log_pk - log_p)  # responsibilities gamma_k(x), summing to 1
     return log_p, resp @ scores
 
 
@@ -117,7 +119,7 @@ def _condition(means, covs, weights, x_o, o, u):
     s_uo = covs[:, u][:, :, o]
     s_uu = covs[:, u][:, :, u]
     chol = jnp.linalg.cholesky(s_oo)
-    # log w_k N(x_o; mu_k,o, S_k,oo) for every k: the responsibilities of the observed part
+    # log pi_k N(x_o; mu_k,o, S_k,oo) for every k: the responsibilities of the observed part
     log_joint, _ = _component_terms(x_o, mu_o, chol, jnp.log(weights))
     new_weights = jnp.exp(log_joint - logsumexp(log_joint))
     gain = jnp.swapaxes(jnp.linalg.solve(s_oo, jnp.swapaxes(s_uo, -1, -2)), -1, -2)  # S_uo S_oo^{-1}
@@ -129,12 +131,12 @@ def _condition(means, covs, weights, x_o, o, u):
 
 @jax.tree_util.register_pytree_node_class
 class GaussianMixture:
-    """p(x) = sum_k w_k N(x; mu_k, Sigma_k) in d dimensions.
+    """p(x) = sum_k pi_k N(x; mu_k, Sigma_k) in d dimensions.
 
     Args:
         means: ``(K, d)``.
         covs: ``(K, d, d)``, symmetric positive definite.
-        weights: ``(K,)``, non-negative, summing to 1.
+        weights: ``(K,)``, the pi_k: non-negative, summing to 1.
     """
 
     def __init__(self, means, covs, weights):
@@ -234,10 +236,10 @@ class GaussianMixture:
     def condition(self, x_observed: jax.Array, observed) -> GaussianMixture:
         """p(x_u | x_o = ``x_observed``): the exact conditional, a mixture over the other coordinates.
 
-        Component k keeps its Gaussian conditional (Schur complement; Eq.
-        eq-gaussian-conditional, chapter 6), mean mu_u + S_uo S_oo^{-1} (x_o - mu_o) and
+        Component k keeps its Gaussian conditional (Schur complement: the Gaussian
+        conditional of chapter 6), mean mu_u + S_uo S_oo^{-1} (x_o - mu_o) and
         covariance S_uu - S_uo S_oo^{-1} S_ou, and its weight becomes
-        w_k N(x_o; mu_k,o, S_k,oo) / sum_j w_j N(x_o; mu_j,o, S_j,oo).
+        pi_k N(x_o; mu_k,o, S_k,oo) / sum_j pi_j N(x_o; mu_j,o, S_j,oo).
 
         Args:
             x_observed: the observed values, shape ``(d_o,)``, in increasing coordinate order.
@@ -260,10 +262,11 @@ class GaussianMixture:
 
 def _perturbed_components(mix, sde, log_w, evals, evecs, x, t):
     """The components of p_t at ``x`` (n, d), from Sigma_k = U_k diag(evals_k) U_k^T:
-    ``y = U_k^T (x - m mu_k)`` (n, K, d), the eigenvalues m^2 evals_k + s^2 of the perturbed
+    ``y = U_k^T (x - a mu_k)`` (n, K, d), the eigenvalues a^2 evals_k + b^2 of the perturbed
     covariances (``(K, d)`` for a scalar ``t``, ``(n, K, d)`` for ``t`` of shape ``(n,)``),
-    ``U`` (K, d, d) and log w_k N(x; m mu_k, m^2 Sigma_k + s^2 I) (n, K)
-    (Eq. eq-perturbed-mixture, chapter 3). Shared by :func:`exact_score` and
+    ``U`` (K, d, d) and log pi_k N(x; a mu_k, a^2 Sigma_k + b^2 I) (n, K), with a = a(t),
+    b = b(t) the kernel's coefficients (the perturbed mixture of chapter 3). Shared by
+    :func:`exact_score` and
     :func:`exact_classifier`."""
     m, s = sde.mean_coefficient(t), sde.kernel_std(t)
     if t.ndim:
@@ -279,10 +282,10 @@ def exact_score(mix: GaussianMixture, sde: LinearSDE) -> ScoreFn:
     """The exact score of p_t, as a ``score_fn(x, t)`` with ``t`` a scalar or ``(n,)``.
 
     ``x`` has shape ``(n, d)``. Each sample gets its own perturbed mixture, so a sampler
-    can pass per-sample times. Component k of p_t has covariance m^2 Sigma_k + s^2 I
-    (Eq. eq-perturbed-mixture, chapter 3); with the eigendecomposition
-    Sigma_k = U_k diag(lambda_k) U_k^T computed once, that is
-    U_k diag(m^2 lambda_k + s^2) U_k^T, so each call needs only elementwise work and
+    can pass per-sample times. Component k of p_t has covariance a(t)^2 Sigma_k + b(t)^2 I
+    (the perturbed mixture of chapter 3); with the eigendecomposition
+    Sigma_k = U_k diag(e_k) U_k^T computed once, that is
+    U_k diag(a^2 e_k + b^2) U_k^T, so each call needs only elementwise work and
     matrix products (no factorisation per sample and time step: samplers call this
     thousands of times).
     """
@@ -309,11 +312,12 @@ def exact_classifier(mix: GaussianMixture, sde: LinearSDE) -> Callable[[jax.Arra
     """The Bayes classifier of p_t, the components as classes: ``classifier(x, t) -> logits (n, K)``.
 
     ``x`` has shape ``(n, d)`` and ``t`` is a scalar or ``(n,)``. The logits are
-    log w_k + log N(x; m(t) mu_k, m(t)^2 Sigma_k + s(t)^2 I) (Eq. eq-bayes-classifier,
-    chapter 6), so their softmax is ``mix.perturbed(sde, t).responsibilities(x)``: the
+    log pi_k + log N(x; a(t) mu_k, a(t)^2 Sigma_k + b(t)^2 I) (chapter 6's Bayes
+    classifier of noisy data), so their softmax is
+    ``mix.perturbed(sde, t).responsibilities(x)``: the
     reference for the learned time-dependent classifiers of chapter 6. As in
-    :func:`exact_score`, the eigendecomposition Sigma_k = U_k diag(lambda_k) U_k^T is
-    computed once: the perturbed covariance is U_k diag(m^2 lambda_k + s^2) U_k^T, and a
+    :func:`exact_score`, the eigendecomposition Sigma_k = U_k diag(e_k) U_k^T is
+    computed once: the perturbed covariance is U_k diag(a^2 e_k + b^2) U_k^T, and a
     call (a guided sampler makes one per step, and differentiates it) needs no
     factorisation. A scalar ``t`` gives one set of perturbed eigenvalues for the batch.
     """
@@ -339,7 +343,7 @@ def exact_classifier(mix: GaussianMixture, sde: LinearSDE) -> Callable[[jax.Arra
 
 
 def two_gaussians_1d() -> GaussianMixture:
-    """The 1-D mixture of chapters 4 and 6: 0.3 N(-2, 1^2) + 0.7 N(2, 0.5^2)."""
+    """The 1-D mixture of chapters 3, 4 and 6: 0.3 N(-2, 1^2) + 0.7 N(2, 0.5^2)."""
     return GaussianMixture(
         means=[[-2.0], [2.0]],
         covs=[[[1.0]], [[0.25]]],
@@ -361,16 +365,16 @@ def exact_velocity(mix: GaussianMixture, path) -> Callable[[jax.Array, jax.Array
     """The exact marginal velocity of the Gaussian ``path`` started from ``mix``, as
     ``velocity(x, t)`` with ``x`` ``(n, d)`` and ``t`` a scalar or ``(n,)`` in [0, 1].
 
-    u_t(x) = E[a'(t) x_0 + b'(t) z | x_t = x] (Eq. eq-marginal-velocity, chapter 8). For a
+    u_t(x) = E[a'(t) x_0 + b'(t) z | x_t = x] (the marginal velocity of chapter 8). For a
     mixture, component k of p_t is N(a mu_k, C_k) with C_k = a^2 Sigma_k + b^2 I, and the
     Gaussian posterior means E[x_0 | x, k] = mu_k + a Sigma_k C_k^{-1} (x - a mu_k),
     E[z | x, k] = b C_k^{-1} (x - a mu_k) give
 
-        u_t(x) = sum_k r_k(x) [a' mu_k + (a a' Sigma_k + b b' I) C_k^{-1} (x - a mu_k)],
+        u_t(x) = sum_k gamma_k(x) [a' mu_k + (a a' Sigma_k + b b' I) C_k^{-1} (x - a mu_k)],
 
-    r_k the responsibilities under p_t. Only b b' enters, never b' alone, and nothing is
+    gamma_k the responsibilities under p_t. Only b b' enters, never b' alone, and nothing is
     divided by a or b: the velocity is finite at t = 0 and t = 1 (``path.b_db``). With the
-    eigendecomposition Sigma_k = U diag(lambda) U^T, every matrix above is
+    eigendecomposition Sigma_k = U diag(e) U^T, every matrix above is
     U diag(.) U^T, as in :func:`exact_score`.
     """
     log_w = jnp.log(mix.weights)
