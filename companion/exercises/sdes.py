@@ -1,13 +1,16 @@
 """Hidden tests of the exercises of chapter 2 (SDEs).
 
-* ``euler_maruyama_step(f, g, x, t, h, z)``: one Euler-Maruyama step with a given normal
-  draw, Eq. (eq-euler-maruyama), chapter 2.
-* ``ve_diffusion(t, sigma_min, sigma_max)``: g(t) of the VE SDE, Eq. (eq-ve-sde).
+* ``euler_maruyama_step(f, g, x, t, h, z)`` (warm-up): one Euler-Maruyama step with a
+  given normal draw.
+* ``ve_diffusion(t, sigma_min, sigma_max)`` (derivation): g(t) of the VE SDE in closed
+  form, from g(t)^2 = d[sigma(t)^2]/dt and the geometric sigma(t) (the chapter prints
+  the definition, not the closed form).
 * ``vp_kernel(x0, t, beta_min, beta_max)``: mean and std of the VP perturbation kernel,
-  Eq. (eq-vp-sde).
-* ``linear_kernel(a, b, t)`` (conceptual): the mean factor and the std of the
-  perturbation kernel of *any* linear SDE dx = a(t) x dt + b(t) dw, from the moment
-  ODEs, Eq. (eq-moment-ode).
+  with B(t) worked out and one time per sample allowed.
+* ``linear_kernel(A, g, t)`` (decision): the mean coefficient a(t) and the std b(t) of
+  the perturbation kernel N(a(t) x0, b(t)^2 I) of *any* linear SDE
+  dx = A(t) x dt + g(t) dw, from the moment ODEs of chapter 2; the reader chooses how
+  to integrate them to the accuracy asked.
 
 Inputs come from a fixed NumPy seed; references are computed in float64. Messages name
 the case and say how the answer is wrong, never what the right value is.
@@ -31,7 +34,7 @@ def _euler_maruyama_step(f, g, x, t, h, z):
 
 
 def _ve_diffusion(t, sigma_min, sigma_max):
-    """Reference: sigma(t) sqrt(2 log(sigma_max / sigma_min)), sigma(t) = sigma_min r^t."""
+    """Reference: the square root of d[sigma(t)^2]/dt, sigma(t) = sigma_min r^t, r = sigma_max / sigma_min."""
     t = np.asarray(t, dtype=np.float64)
     sigma = sigma_min * (sigma_max / sigma_min) ** t
     return sigma * np.sqrt(2 * np.log(sigma_max / sigma_min))
@@ -119,8 +122,8 @@ def _diagnose_em(arr, f, g, x, t, h, z):
     "euler_maruyama_step",
     chapter=2,
     hint=(
-        "Eq. (eq-euler-maruyama): chapter 1's Euler step for the drift, plus the noise. "
-        "How does the size of a Brownian increment scale with the step h?"
+        "The Euler-Maruyama step of chapter 2: chapter 1's Euler step for the drift, plus "
+        "the noise. How does the size of a Brownian increment scale with the step h?"
     ),
     hint2=(
         "Both f and g are evaluated at the start of the step. z is a standard normal "
@@ -168,13 +171,14 @@ _VE_RTOL, _VE_ATOL = 1e-5, 1e-8
     "ve_diffusion",
     chapter=2,
     hint=(
-        "Eq. (eq-ve-sde): without drift, the variance of the kernel grows at the rate "
-        "g(t)^2 (Eq. (eq-moment-ode) with A = 0). Which variance must it follow?"
+        "The VE SDE of chapter 2: without drift, the kernel's variance grows at the rate "
+        "g(t)^2 (the variance ODE of chapter 2 with A = 0), and it must follow sigma(t)^2. "
+        "Differentiate."
     ),
     hint2=(
-        "Differentiate sigma(t)^2 with respect to t (an exponential in t: the natural "
-        "log of sigma_max / sigma_min appears) and take the square root. t may be an "
-        "array."
+        "Write sigma(t)^2 as an exponential in t with the natural logarithm of "
+        "sigma_max / sigma_min in the exponent; its derivative brings that exponent's "
+        "factor down. Take the square root at the end. t may be an array."
     ),
     blocked=("companion.sde:VE.diffusion",),
     reference=_ve_diffusion,
@@ -192,6 +196,13 @@ def _test_ve_diffusion(fn):
                 raise Mismatch(f"{what}: this looks like g(t)^2; take the square root")
             if is_close(arr, want / np.sqrt(2), _VE_RTOL, _VE_ATOL):
                 raise Mismatch(f"{what}: off by a factor sqrt(2): d/dt of r^(2t) brings down 2 log r")
+            if is_close(arr, want * np.sqrt(1 / np.log(10)), _VE_RTOL, _VE_ATOL):
+                raise Mismatch(f"{what}: off by a constant factor, as with a base-10 logarithm: "
+                               "the derivative of r^(2t) brings down a natural logarithm")
+            linear = lo + (hi - lo) * np.asarray(t, np.float64)
+            if is_close(arr / want, linear / sigma, 1e-4, 1e-8):
+                raise Mismatch(f"{what}: your g grows linearly in t where sigma(t) grows "
+                               "geometrically (sigma_min (sigma_max / sigma_min)^t)")
         expect_close(arr, want, what=what, rtol=_VE_RTOL, atol=_VE_ATOL)
 
 
@@ -224,9 +235,9 @@ _VP_RTOL, _VP_ATOL = 1e-4, 1e-6
     "vp_kernel",
     chapter=2,
     hint=(
-        "Eq. (eq-moment-solution) with the VP drift and diffusion: everything depends on "
-        "the integral of beta from 0 to t. Return the mean (shaped like x0) and the "
-        "standard deviation (not the variance)."
+        "The VP kernel of chapter 2 (the moment equations' solution with A = -beta/2, "
+        "g^2 = beta): everything depends on B(t), the integral of beta from 0 to t. "
+        "Return the mean (shaped like x0) and the standard deviation (not the variance)."
     ),
     hint2=(
         "beta is linear in t, so its integral is a quadratic in t. With one time per "
@@ -252,10 +263,21 @@ def _test_vp_kernel(fn):
                 raise Mismatch(f"{what}, std: this looks like the variance; return its square root")
             if is_close(std, 1 - np.exp(-big_b), _VP_RTOL, _VP_ATOL):
                 raise Mismatch(f"{what}, std: this is the sub-VP kernel's std, not the VP one's")
+            if is_close(std, np.exp(-0.5 * big_b), _VP_RTOL, _VP_ATOL):
+                raise Mismatch(f"{what}, std: this is the mean coefficient a(t), not the std b(t)")
+            late = (lo + t64 * (hi - lo)) * t64  # beta(t) t: the rate at the end, times t
+            if is_close(std, np.sqrt(-np.expm1(-late)), _VP_RTOL, _VP_ATOL):
+                raise Mismatch(f"{what}, std: B(t) is taken as beta(t) t; beta grows with t, "
+                               "so its integral is not its final value times t")
         if mean.shape == want_mean.shape and not is_close(mean, want_mean, _VP_RTOL, _VP_ATOL):
             coef = np.exp(-big_b)
             if is_close(mean, (coef[:, None] if coef.ndim == 1 else coef) * np.asarray(x0), _VP_RTOL, _VP_ATOL):
                 raise Mismatch(f"{what}, mean: the mean decays too fast: your mean factor is the square of the right one")
+            half = np.exp(-0.5 * big_b)
+            if is_close(mean, np.broadcast_to(half[:, None] if half.ndim == 1 else half, mean.shape),
+                        _VP_RTOL, _VP_ATOL):
+                raise Mismatch(f"{what}, mean: this is the mean coefficient a(t) alone; the mean "
+                               "is a(t) x0")
         expect_close(mean, want_mean, what=what + ", mean", rtol=_VP_RTOL, atol=_VP_ATOL)
         expect_close(std, want_std, what=what + ", std", rtol=_VP_RTOL, atol=_VP_ATOL)
 
@@ -263,44 +285,47 @@ def _test_vp_kernel(fn):
 # -------------------------------------------------------------------------- linear_kernel
 
 
-def _linear_kernel(a, b, t):
-    """Reference: Phi(t) = exp(int_0^t a), std = Phi(t) sqrt(int_0^t b(u)^2 / Phi(u)^2 du),
-    Eq. (eq-moment-solution), by the trapezoidal rule on 20 001 points in float64 (a and b
-    evaluated once on the whole grid); its error, ~1e-9 relative, is far below the
-    tolerance."""
+def _linear_kernel(A, g, t, *, exponent=2.0, drift_in_variance=True):
+    """Reference: a(t) = exp(int_0^t A), b(t) = a(t) sqrt(int_0^t g(u)^2 / a(u)^2 du), the
+    moment equations of chapter 2 solved by variation of constants, by the trapezoidal
+    rule on 20 001 points in float64 (A and g evaluated once on the whole grid); its
+    error, ~1e-9 relative, is far below the tolerance. ``exponent`` and
+    ``drift_in_variance`` build two known mistakes (v' = A v + g^2; v' = g^2) for the
+    diagnoses."""
     t = float(t)
     if t == 0.0:
         return np.float64(1.0), np.float64(0.0)
     u = np.linspace(0.0, t, 20001)
-    av = np.broadcast_to(np.asarray(a(u), np.float64), u.shape)
-    bv = np.broadcast_to(np.asarray(b(u), np.float64), u.shape)
+    av = np.broadcast_to(np.asarray(A(u), np.float64), u.shape)
+    gv = np.broadcast_to(np.asarray(g(u), np.float64), u.shape)
     du = np.diff(u)
-    big_a = np.concatenate([[0.0], np.cumsum(0.5 * (av[1:] + av[:-1]) * du)])
-    w = bv**2 * np.exp(2.0 * (big_a[-1] - big_a))
+    int_a = np.concatenate([[0.0], np.cumsum(0.5 * (av[1:] + av[:-1]) * du)])
+    k = exponent if drift_in_variance else 0.0
+    w = gv**2 * np.exp(k * (int_a[-1] - int_a))
     var = np.sum(0.5 * (w[1:] + w[:-1]) * du)
-    return np.float64(np.exp(big_a[-1])), np.float64(np.sqrt(var))
+    return np.float64(np.exp(int_a[-1])), np.float64(np.sqrt(var))
 
 
 def _kernel_cases():
-    """(label, a, b, t): the course's three SDEs and linear SDEs the chapter never met.
-    a and b are written with jnp, so they accept Python floats, NumPy and JAX scalars and
+    """(label, A, g, t): the course's three SDEs and linear SDEs the chapter never met.
+    A and g are written with jnp, so they accept Python floats, NumPy and JAX scalars and
     tracers (diffrax), and return a scalar."""
     bmin, bmax = 0.1, 20.0
     beta = lambda u: bmin + u * (bmax - bmin)  # noqa: E731
     big_b = lambda u: bmin * u + 0.5 * u**2 * (bmax - bmin)  # noqa: E731
     smin, smax = 0.01, 50.0
-    r = np.log(smax / smin)
+    log_r = np.log(smax / smin)
     return [
-        ("VE (a = 0), t = 0.7", lambda u: 0.0 * u,
-         lambda u: smin * jnp.exp(r * u) * np.sqrt(2 * r), 0.7),
+        ("VE (A = 0), t = 0.7", lambda u: 0.0 * u,
+         lambda u: smin * jnp.exp(log_r * u) * np.sqrt(2 * log_r), 0.7),
         ("VP, t = 0.3", lambda u: -0.5 * beta(u), lambda u: jnp.sqrt(beta(u)), 0.3),
         ("sub-VP, t = 0.2", lambda u: -0.5 * beta(u),
          lambda u: jnp.sqrt(beta(u) * (1 - jnp.exp(-2 * big_b(u)))), 0.2),
-        ("a(t) = sin(3t), b(t) = 1 + t^2, t = 1.3", lambda u: jnp.sin(3.0 * u),
+        ("A(t) = sin(3t), g(t) = 1 + t^2, t = 1.3", lambda u: jnp.sin(3.0 * u),
          lambda u: 1.0 + u**2, 1.3),
-        ("a growing process a = 0.8, b = 0.3, t = 2.0", lambda u: 0.8 + 0.0 * u,
+        ("a growing process A = 0.8, g = 0.3, t = 2.0", lambda u: 0.8 + 0.0 * u,
          lambda u: 0.3 + 0.0 * u, 2.0),
-        ("a(t) = -2 - cos(5t), b(t) = exp(-t), t = 0.05 given as float32",
+        ("A(t) = -2 - cos(5t), g(t) = exp(-t), t = 0.05 given as float32",
          lambda u: -2.0 - jnp.cos(5.0 * u), lambda u: jnp.exp(-u), np.float32(0.05)),
         ("any SDE at t = 0", lambda u: -1.0 + 0.0 * u, lambda u: 2.0 + 0.0 * u, 0.0),
     ]
@@ -313,27 +338,51 @@ def _kernel_cases():
 _KERNEL_RTOL, _KERNEL_ATOL = 1e-3, 1e-6
 
 
+def _factor_words(ratio: float) -> str:
+    """A ratio in words, never finer than the check's tolerance allows a reader to use:
+    naming it to three digits would let them divide their way to the answer."""
+    for value, words in [(2.0, "about twice"), (0.5, "about half"), (np.sqrt(2), "about sqrt(2) times"),
+                         (1 / np.sqrt(2), "about 1/sqrt(2) times")]:
+        if abs(ratio / value - 1) < 0.05:
+            return words
+    if abs(ratio - 1) < 0.2:
+        return "off by a factor close to 1 from"
+    return "larger than" if ratio > 1 else "smaller than"
+
+
 def _test_linear_kernel_impl(fn):
-    for label, a, b, t in _kernel_cases():
-        want_m, want_s = _linear_kernel(a, b, t)
+    for label, A, g, t in _kernel_cases():
+        want_a, want_b = _linear_kernel(A, g, t)
         what = f"case '{label}'"
-        got = fn(a, b, t)
-        m, sd = as_pair(got, what, "mean factor", "std")
+        got = fn(A, g, t)
+        a, b = as_pair(got, what, "mean coefficient a(t)", "std b(t)")
         close = lambda u, v: bool(  # noqa: E731
             u.shape == () and np.isclose(u, v, rtol=_KERNEL_RTOL, atol=_KERNEL_ATOL))
-        if m.shape == () and not close(m, want_m):
-            if close(m, 1.0 / want_m):
-                raise Mismatch(f"{what}: the mean factor is the reciprocal of the right one")
-        if sd.shape == () and not close(sd, want_s) and t > 0:
-            if close(sd, want_s**2):
+        if a.shape == () and not close(a, want_a):
+            if close(a, 1.0 / want_a):
+                raise Mismatch(f"{what}: the mean coefficient is the reciprocal of the right one "
+                               "(a sign in the exponent)")
+        if b.shape == () and not close(b, want_b) and t > 0:
+            big_b = 0.1 * float(t) + 0.5 * float(t) ** 2 * (20.0 - 0.1)
+            if close(a, np.exp(-0.5 * big_b)) and close(b, np.sqrt(-np.expm1(-big_b))):
+                raise Mismatch(f"{what}: these are the VP SDE's coefficients (beta from 0.1 to "
+                               "20), whatever A and g are; the check uses other linear SDEs too")
+            if close(b, want_b**2):
                 raise Mismatch(f"{what}: your std looks like the variance")
-            if close(sd, np.sqrt(max(1.0 - want_m**2, 0.0))):
-                raise Mismatch(f"{what}: your std follows a relation between mean factor and "
-                               "std that holds for some SDEs only")
-            ratio = float(sd) / want_s if want_s else np.inf
-            raise Mismatch(f"{what}: the std is {ratio:.3g} times the right one")
-        expect_close(m, want_m, what=what + ", mean factor", rtol=_KERNEL_RTOL, atol=_KERNEL_ATOL)
-        expect_close(sd, want_s, what=what + ", std", rtol=_KERNEL_RTOL, atol=_KERNEL_ATOL)
+            if close(b, np.sqrt(max(1.0 - want_a**2, 0.0))):
+                raise Mismatch(f"{what}: your std follows a relation between mean coefficient and "
+                               "std that holds for some SDEs only (the VP SDE)")
+            if close(b, _linear_kernel(A, g, t, exponent=1.0)[1]):
+                raise Mismatch(f"{what}: your variance grows as if v' = A v + g^2; the variance "
+                               "ODE has a factor 2 (the variance of (1 + A h) x is (1 + A h)^2 v)")
+            if close(b, _linear_kernel(A, g, t, drift_in_variance=False)[1]):
+                raise Mismatch(f"{what}: your variance only accumulates g^2 (true for the VE SDE "
+                               "only); the drift also shrinks or stretches the variance")
+            ratio = float(b) / want_b if want_b else np.inf
+            raise Mismatch(f"{what}: the std is {_factor_words(ratio)} the right one")
+        expect_close(a, want_a, what=what + ", mean coefficient a(t)", rtol=_KERNEL_RTOL,
+                     atol=_KERNEL_ATOL)
+        expect_close(b, want_b, what=what + ", std b(t)", rtol=_KERNEL_RTOL, atol=_KERNEL_ATOL)
 
 
 @exercise(
@@ -341,13 +390,14 @@ def _test_linear_kernel_impl(fn):
     chapter=2,
     hint=(
         "The kernel started at x0 is Gaussian; its mean and variance follow the two moment "
-        "ODEs of Eq. (eq-moment-ode) from m(0) = x0 and v(0) = 0. Nothing in the "
-        "check is VE, VP or sub-VP only."
+        "ODEs of chapter 2 (the section 'Linear SDEs and their moments') from m(0) = x0 "
+        "and v(0) = 0. Nothing in the check is VE, VP or sub-VP only."
     ),
     hint2=(
         "Either integrate the ODEs numerically (chapter 1: diffrax with a tight rtol, or a "
-        "few hundred fixed steps), or evaluate Eq. (eq-moment-solution) with numerical "
-        "integrals. Remember which of the two ODEs has the factor 2, and return the std."
+        "few hundred fixed steps), or evaluate the variation-of-constants solution of "
+        "chapter 2 with numerical integrals. Remember which of the two ODEs has the factor "
+        "2, and return the std."
     ),
     reference=_linear_kernel,
 )
