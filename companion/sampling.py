@@ -12,15 +12,15 @@ step of Song et al. 2021). The samplers of the probability flow ODE (chapter 5) 
 ===============================  ================================================  ==================
 sampler                          one step from t_k to t_{k+1} (h = t_k - t_{k+1})  NFE
 ===============================  ================================================  ==================
-:func:`euler_maruyama`           x - [f - g^2 s] h + g sqrt(h) z                    N
-:func:`reverse_diffusion`        x - (r - 1) x + q^2 s + q z                        N
+:func:`euler_maruyama`           x - [f - g^2 score] h + g sqrt(h) z                N
+:func:`reverse_diffusion`        x - (psi - 1) x + G^2 score + G z                  N
 :func:`predictor_corrector`      ``n_corrector`` Langevin steps, then a predictor   N (1 + n_corrector)
 ===============================  ================================================  ==================
 
-Here f, g are the drift and diffusion of the forward SDE at t_k, s = score_fn(x, t_k),
-and (r, q) = ``sde.transition(t_{k+1}, t_k)`` is the exact forward transition
-x_{t_k} = r x_{t_{k+1}} + q z over the step (Eq. eq-reverse-sde and the samplers of
-chapter 3).
+Here f, g are the drift and diffusion of the forward SDE at t_k, score = score_fn(x, t_k)
+(the score grad log p_t), and (psi, G) = ``sde.transition(t_{k+1}, t_k)`` is the exact
+forward transition x_{t_k} = psi x_{t_{k+1}} + G z over the step (the reverse-time SDE
+and the samplers of chapter 3).
 
 **The step contract** (as the predictors and correctors of Song et al.'s code). Each
 step is a public function ``step(sde, score_fn, x, t, t_next, key) -> (x_next, mean)``
@@ -30,10 +30,10 @@ from the scalar time ``t`` down to ``t_next``, ``mean`` being its noise-free par
 ``per_sample`` after the key). :func:`predictor_corrector` is these steps in
 :func:`reverse_loop`; :func:`companion.conditional.impute` wraps the same steps.
 
-**Why stop at eps.** The perturbation kernel's std s(t) goes to 0 as t -> 0, so the
-score of data with fine structure grows like 1 / s(t) and a score model is least
-accurate there; stopping at ``eps`` changes the samples only by noise of std s(eps)
-(VP with beta_min = 0.1: s(1e-3) = 0.010; VE(0.01, 50): s(1e-3) = 0.0013), well below
+**Why stop at eps.** The perturbation kernel's std b(t) goes to 0 as t -> 0, so the
+score of data with fine structure grows like 1 / b(t) and a score model is least
+accurate there; stopping at ``eps`` changes the samples only by noise of std b(eps)
+(VP with beta_min = 0.1: b(1e-3) = 0.010; VE(0.01, 50): b(1e-3) = 0.0013), well below
 the scale of any structure in the course's data. ``eps = 1e-3`` is the default for all
 three SDEs, as Song et al. use for VP and sub-VP (chapter 3 measures both sides).
 
@@ -102,8 +102,8 @@ def uniform_grid(sde: LinearSDE, n_steps: int, eps: float = DEFAULT_EPS, dtype: 
 def langevin_step_size(
     score: jax.Array, z: jax.Array, snr: Any, alpha: Any = 1.0, per_sample: bool | jax.Array = False
 ) -> jax.Array:
-    """The Langevin corrector's step size e = 2 alpha (snr ||z|| / ||score||)^2 (Eq.
-    eq-langevin-corrector, chapter 3), shape ``(n,)``, for ``score`` and ``z`` ``(n, *dims)``.
+    """The Langevin corrector's step size delta = 2 alpha (snr ||z|| / ||score||)^2 (the
+    corrector of chapter 3, section "Three samplers"), shape ``(n,)``, for ``score`` and ``z`` ``(n, *dims)``.
 
     With ``per_sample=False`` (the default, as in Song et al.'s code) ||z|| and ||score||
     are averaged over the batch, so every sample takes the same step. With
@@ -123,10 +123,10 @@ def langevin_step_size(
 def euler_maruyama_step(
     sde: LinearSDE, score_fn: ScoreFn, x: jax.Array, t: jax.Array, t_next: jax.Array, key: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-    """One Euler-Maruyama step of the reverse SDE (Eq. eq-reverse-em, chapter 3) from the
-    scalar time ``t`` down to ``t_next < t``, h = t - t_next:
+    """One Euler-Maruyama step of the reverse SDE (chapter 3) from the scalar time ``t``
+    down to ``t_next < t``, h = t - t_next:
 
-        mean = x - [f(x, t) - g(t)^2 s(x, t)] h,    x_next = mean + g(t) sqrt(h) z.
+        mean = x - [f(x, t) - g(t)^2 score(x, t)] h,    x_next = mean + g(t) sqrt(h) z.
 
     ``x`` has shape ``(n, *dims)``; returns ``(x_next, mean)``, both shaped like ``x``
     (``mean`` is the noise-free part, what the last step of a sampler returns). The
@@ -144,10 +144,10 @@ def reverse_diffusion_step(
     sde: LinearSDE, score_fn: ScoreFn, x: jax.Array, t: jax.Array, t_next: jax.Array, key: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
     """One reverse-diffusion step (Song et al. 2021) from ``t`` down to ``t_next``: with the
-    exact forward transition x_t = r x_{t_next} + q z over the step (``sde.transition``;
-    the discretised forward SDE has f = (r - 1) x and G = q),
+    exact forward transition x_t = psi x_{t_next} + G z over the step (``sde.transition``
+    returns (psi, G); the discretised forward SDE has the increment f = (psi - 1) x),
 
-        mean = x - f + G^2 s(x, t),    x_next = mean + G z.
+        mean = x - f + G^2 score(x, t),    x_next = mean + G z.
 
     ``x`` has shape ``(n, *dims)``; returns ``(x_next, mean)``. The step contract of
     :data:`PREDICTORS`.
@@ -161,12 +161,12 @@ def reverse_diffusion_step(
 
 def langevin_step(sde: LinearSDE, score_fn: ScoreFn, x: jax.Array, t: jax.Array, t_next: jax.Array, key: jax.Array,
                   snr: float | jax.Array, per_sample: bool | jax.Array = False) -> tuple[jax.Array, jax.Array]:
-    """One Langevin corrector step at time ``t`` (Eq. eq-langevin-corrector, chapter 3):
+    """One Langevin corrector step at time ``t`` (the corrector of chapter 3):
 
-        mean = x + e s(x, t),    x_next = mean + sqrt(2 e) z,
+        mean = x + delta score(x, t),    x_next = mean + sqrt(2 delta) z,
 
-    with e = 2 alpha (snr ||z|| / ||s||)^2 (:func:`langevin_step_size`) and alpha = r^2
-    of the forward transition over [t_next, t] (1 for VE). ``t_next`` only sets alpha:
+    with delta = 2 alpha (snr ||z|| / ||score||)^2 (:func:`langevin_step_size`) and
+    alpha = psi^2 of the forward transition over [t_next, t] (1 for VE). ``t_next`` only sets alpha:
     the step stays at time ``t``. ``x`` has shape ``(n, *dims)``; returns
     ``(x_next, mean)``. The step contract of :data:`CORRECTORS`, with ``snr`` and
     ``per_sample`` bound by the caller.
@@ -260,11 +260,11 @@ def _run(sde, score_fn, key, shape, n_steps, eps, predictor, n_corrector=0, snr=
 
 def euler_maruyama(sde: LinearSDE, score_fn: ScoreFn, key: jax.Array, shape: tuple[int, ...],
                    n_steps: int = DEFAULT_N_STEPS, eps: float = DEFAULT_EPS) -> tuple[jax.Array, int]:
-    """Euler-Maruyama on the reverse-time SDE (Eq. eq-reverse-sde, chapter 3).
+    """Euler-Maruyama on the reverse-time SDE (chapter 3).
 
-    x_{k+1} = x_k - [f(x_k, t_k) - g(t_k)^2 s(x_k, t_k)] h + g(t_k) sqrt(h) z_k on the
-    uniform grid from T to ``eps`` (h = (T - eps) / n_steps; :func:`euler_maruyama_step`,
-    Eq. eq-reverse-em); the last step adds no noise.
+    x_{k+1} = x_k - [f(x_k, t_k) - g(t_k)^2 score(x_k, t_k)] h + g(t_k) sqrt(h) z_k on the
+    uniform grid from T to ``eps`` (h = (T - eps) / n_steps; :func:`euler_maruyama_step`);
+    the last step adds no noise.
 
     Returns ``(x, nfe)`` with ``x`` of shape ``shape`` and ``nfe = n_steps``.
     """
@@ -275,12 +275,12 @@ def reverse_diffusion(sde: LinearSDE, score_fn: ScoreFn, key: jax.Array, shape: 
                       n_steps: int = DEFAULT_N_STEPS, eps: float = DEFAULT_EPS) -> tuple[jax.Array, int]:
     """The reverse-diffusion predictor of Song et al. (2021), an ancestral-style sampler.
 
-    With the forward SDE discretised on the grid as x_{k} = r x_{k+1} + q z (the exact
-    transition, ``sde.transition``; f = (r - 1) x, G = q), one step is
-    x_{k+1} = x_k - f + G^2 s(x_k, t_k) + G z. For VE this is Song et al.'s step with
+    With the forward SDE discretised on the grid as x_{k} = psi x_{k+1} + G z (the exact
+    transition, ``sde.transition``; f = (psi - 1) x), one step is
+    x_{k+1} = x_k - f + G^2 score(x_k, t_k) + G z. For VE this is Song et al.'s step with
     G^2 = sigma(t_k)^2 - sigma(t_{k+1})^2; for VP, G^2 = 1 - exp(-(B(t_k) - B(t_{k+1})))
-    is their beta_i to first order (:func:`reverse_diffusion_step`, Eq.
-    eq-reverse-diffusion). The last step adds no noise.
+    is their beta_i to first order (:func:`reverse_diffusion_step`, the reverse-diffusion
+    step of chapter 3). The last step adds no noise.
 
     Returns ``(x, nfe)``, ``x`` of shape ``shape``, ``nfe = n_steps``.
     """
@@ -291,14 +291,15 @@ def predictor_corrector(sde: LinearSDE, score_fn: ScoreFn, key: jax.Array, shape
                         n_steps: int = DEFAULT_N_STEPS, snr: float = 0.16, n_corrector: int = 1,
                         eps: float = DEFAULT_EPS, predictor: str = "reverse_diffusion",
                         per_sample_norms: bool = False, corrector: str = "langevin") -> tuple[jax.Array, int]:
-    """Predictor-corrector sampling (Song et al. 2021, Eq. eq-langevin-corrector, chapter 3).
+    """Predictor-corrector sampling (Song et al. 2021; the corrector of chapter 3).
 
     The order is corrector first, as in Song et al.'s code (``pc_sampler``), not as in
     the paper's Algorithms 2 and 3, which predict first: at every grid time t_k,
     ``n_corrector`` Langevin steps at t_k (:func:`langevin_step`, the ``corrector``
     "langevin" of :data:`CORRECTORS`),
-    x <- x + e s(x, t_k) + sqrt(2 e) z with e = 2 alpha (snr ||z|| / ||s||)^2
-    (:func:`langevin_step_size`; alpha = 1 for VE, alpha = r^2 = exp(-(B(t_k) -
+    x <- x + delta score(x, t_k) + sqrt(2 delta) z with
+    delta = 2 alpha (snr ||z|| / ||score||)^2
+    (:func:`langevin_step_size`; alpha = 1 for VE, alpha = psi^2 = exp(-(B(t_k) -
     B(t_{k+1}))) for VP and sub-VP, Song et al.'s 1 - beta_i to first order), then one
     ``predictor`` step (a name of :data:`PREDICTORS`: "reverse_diffusion" or
     "euler_maruyama") from t_k to t_{k+1}. Step k draws its keys as
