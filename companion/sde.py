@@ -1,16 +1,17 @@
 """Forward SDEs of score-based generative modelling (chapter 2).
 
-Every SDE here is *linear with scalar coefficients*,
+Every SDE here is *linear with scalar coefficients* and no offset,
 
-    dx = a(t) x dt + g(t) dw,        t in [0, T], T = 1,           (eq-linear-sde)
+    dx = A(t) x dt + g(t) dw,        t in [0, T], T = 1,
 
-so the perturbation kernel p_0t(x_t | x_0) is Gaussian with mean m(t) x_0 and standard
-deviation s(t) in every coordinate, where m(t) = exp(int_0^t a) and s(t)^2 solves the
-moment equation v' = 2 a v + g^2, v(0) = 0 (eq-moment-ode, chapter 2). The three SDEs of
-Song et al. (2021) differ in a(t) and g(t):
+the linear SDE of chapter 2 with c = 0. So the perturbation kernel p_0t(x_t | x_0) is
+Gaussian, N(a(t) x_0, b(t)^2 I): x_t = a(t) x_0 + b(t) z with z ~ N(0, I), where the
+mean coefficient is a(t) = exp(int_0^t A) and b(t)^2 solves the variance ODE
+v' = 2 A v + g^2 from v(0) = 0 (the moment equations of chapter 2). The three SDEs of
+Song et al. (2021) differ in A(t) and g(t):
 
 =========  ==============================  ================================  ===========================
-SDE        drift a(t) x                    g(t)^2                            kernel std s(t)
+SDE        drift A(t) x                    g(t)^2                            kernel std b(t)
 =========  ==============================  ================================  ===========================
 VE         0                               d sigma(t)^2 / dt                 sqrt(sigma(t)^2 - sigma_min^2)
 VP         -beta(t) x / 2                  beta(t)                           sqrt(1 - exp(-B(t)))
@@ -18,16 +19,17 @@ sub-VP     -beta(t) x / 2                  beta(t) (1 - exp(-2 B(t)))        1 -
 =========  ==============================  ================================  ===========================
 
 with sigma(t) = sigma_min (sigma_max / sigma_min)^t, beta(t) = beta_min + t (beta_max -
-beta_min) and B(t) = int_0^t beta. See Eqs. (eq-ve-sde), (eq-vp-sde), (eq-subvp-sde) of
-chapter 2.
+beta_min) and B(t) = int_0^t beta; the mean coefficient is a(t) = 1 for VE and
+exp(-B(t)/2) for VP and sub-VP. Chapter 2 derives each (the section "The three SDEs of
+score-based models" and its table).
 
 **VE convention.** The kernel of the VE SDE started *at* x_0 has variance
-sigma(t)^2 - sigma_min^2, which is what ``VE.marginal`` returns. Song et al. use
-sigma(t)^2, the kernel of an SDE whose data were already blurred by N(0, sigma_min^2).
-We keep the exact kernel so that drift, diffusion and marginal describe one and the same
-process (a simulation of ``drift`` and ``diffusion`` reproduces ``marginal``, and the
-exact perturbed mixtures of :mod:`companion.toy` are exact). The two differ by
-sigma_min^2 = 1e-4, which matters only for t close to 0.
+b(t)^2 = sigma(t)^2 - sigma_min^2, which is what ``VE.marginal`` returns. Song et al. use
+b(t) = sigma(t), the kernel of an SDE whose data were already blurred by
+N(0, sigma_min^2). We keep the exact kernel so that drift, diffusion and marginal
+describe one and the same process (a simulation of ``drift`` and ``diffusion``
+reproduces ``marginal``, and the exact perturbed mixtures of :mod:`companion.toy` are
+exact). The two differ by sigma_min^2 = 1e-4, which matters only for t close to 0.
 
 Shapes: ``x`` is ``(n, *dims)``; ``t`` is a scalar or ``(n,)``; coefficients of ``t``
 broadcast against ``x`` along the batch axis.
@@ -128,15 +130,16 @@ def _parameters(sde, low: str, high: str, *, positive: str, strict: bool) -> Non
 
 @dataclasses.dataclass(frozen=True)
 class LinearSDE(abc.ABC):
-    """dx = a(t) x dt + g(t) dw on [0, T] (Eq. eq-linear-sde). Subclasses give a, g, m, s
-    (the four abstract methods); a subclass that misses one cannot be instantiated."""
+    """dx = A(t) x dt + g(t) dw on [0, T], the linear SDE of chapter 2 with no offset.
+    Subclasses give A, g, a, b (the four abstract methods); a subclass that misses one
+    cannot be instantiated."""
 
     T = 1.0
 
     # -- the four scalar functions that define a linear SDE; t is a scalar or (n,) array
     @abc.abstractmethod
     def drift_coefficient(self, t: ArrayLike) -> jax.Array:
-        """a(t), with f(x, t) = a(t) x."""
+        """A(t), the drift coefficient: f(x, t) = A(t) x."""
 
     @abc.abstractmethod
     def diffusion(self, t: ArrayLike) -> jax.Array:
@@ -144,15 +147,15 @@ class LinearSDE(abc.ABC):
 
     @abc.abstractmethod
     def mean_coefficient(self, t: ArrayLike) -> jax.Array:
-        """m(t) = exp(int_0^t a(u) du): the kernel's mean is m(t) x_0."""
+        """a(t) = exp(int_0^t A(u) du), the mean coefficient: the kernel's mean is a(t) x_0."""
 
     @abc.abstractmethod
     def kernel_std(self, t: ArrayLike) -> jax.Array:
-        """s(t): the kernel's standard deviation, s(t)^2 solving v' = 2 a v + g^2, v(0) = 0."""
+        """b(t), the kernel's standard deviation: b(t)^2 solves v' = 2 A v + g^2, v(0) = 0."""
 
     # -- what follows is the same for every linear SDE
     def drift(self, x: ArrayLike, t: ArrayLike) -> jax.Array:
-        """f(x, t) = a(t) x, shaped like ``x``."""
+        """f(x, t) = A(t) x, shaped like ``x``."""
         x = check_x(x)
         check_time(t, self.T, allow_zero=True)
         return batch_broadcast(self.drift_coefficient(t), x) * x
@@ -160,8 +163,9 @@ class LinearSDE(abc.ABC):
     def marginal(self, x0: ArrayLike, t: ArrayLike) -> tuple[jax.Array, jax.Array]:
         """Mean and standard deviation of the perturbation kernel p_0t(x_t | x_0).
 
-        Returns ``(mean, std)``: ``mean`` shaped like ``x0``, ``std`` shaped like ``t``
-        (the same in every coordinate). ``x_t = mean + std * z`` with ``z ~ N(0, I)``.
+        Returns ``(mean, std)`` = (a(t) x_0, b(t)): ``mean`` shaped like ``x0``, ``std``
+        shaped like ``t`` (the same in every coordinate). ``x_t = mean + std * z`` with
+        ``z ~ N(0, I)``.
         """
         x0 = check_x(x0)
         check_time(t, self.T, allow_zero=False)
@@ -174,13 +178,14 @@ class LinearSDE(abc.ABC):
         return mean + batch_broadcast(std, x0) * z, z
 
     def transition(self, s: ArrayLike, t: ArrayLike) -> tuple[jax.Array, jax.Array]:
-        """Coefficients ``(r, q)`` of the exact one-step transition from time ``s`` to ``t >= s``.
+        """Coefficients ``(ratio, std)`` of the exact one-step transition from time ``s`` to ``t >= s``.
 
-        ``x_t = r x_s + q z`` with ``z ~ N(0, I)``, where r = m(t) / m(s) and
-        q^2 = s(t)^2 - r^2 s(s)^2 (the moment equations of chapter 2 started at ``s``).
-        This is the discretised forward SDE that the reverse-diffusion predictor and the
-        Langevin corrector of chapter 3 use: for VE, q^2 = sigma(t)^2 - sigma(s)^2; for
-        VP, r^2 = 1 - q^2 = exp(-(B(t) - B(s))), one step of a DDPM chain.
+        ``x_t = ratio * x_s + std * z`` with ``z ~ N(0, I)``, where ratio = a(t) / a(s)
+        (chapter 3's transition ratio psi) and std^2 = b(t)^2 - ratio^2 b(s)^2 (the
+        moment equations of chapter 2 started at time ``s``). This is the discretised
+        forward SDE that the reverse-diffusion predictor and the Langevin corrector of
+        chapter 3 use: for VE, std^2 = sigma(t)^2 - sigma(s)^2; for VP,
+        ratio^2 = 1 - std^2 = exp(-(B(t) - B(s))), one step of a DDPM chain.
         """
         r = self.mean_coefficient(t) / self.mean_coefficient(s)
         q2 = self.kernel_std(t) ** 2 - r**2 * self.kernel_std(s) ** 2
@@ -191,26 +196,27 @@ class LinearSDE(abc.ABC):
         return self.kernel_std(self.T)
 
     def prior_sample(self, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-        """Sample ``shape`` = ``(n, *dims)`` from the prior N(0, s(T)^2 I)."""
+        """Sample ``shape`` = ``(n, *dims)`` from the prior N(0, b(T)^2 I)."""
         return self.prior_std() * jax.random.normal(key, tuple(shape))
 
     def prior_log_prob(self, x: ArrayLike) -> jax.Array:
-        """log N(x; 0, s(T)^2 I) per sample, shape ``(n,)``."""
+        """log N(x; 0, b(T)^2 I) per sample, shape ``(n,)``."""
         x = check_x(x)
         s = self.prior_std()
         d = math.prod(x.shape[1:])
         return -0.5 * sq_norms(x) / s**2 - d * jnp.log(s) - 0.5 * d * math.log(2 * math.pi)
 
     def reverse_drift(self, score_fn: ScoreFn, x: jax.Array, t: ArrayLike) -> jax.Array:
-        """f(x, t) - g(t)^2 score(x, t): the drift of the reverse-time SDE (Eq. eq-reverse-sde, chapter 3).
+        """f(x, t) - g(t)^2 score(x, t): the drift of the reverse-time SDE (chapter 3).
 
-        Time runs backwards: dx = [f - g^2 score] dt + g dw_bar with dt < 0.
+        Time runs backwards: dx = [f - g^2 score] dt + g dw_bar with dt < 0; score is
+        ``score_fn(x, t)``, the exact score or a score network.
         """
         g = batch_broadcast(self.diffusion(t), x)
         return self.drift(x, t) - g**2 * score_fn(x, t)
 
     def probability_flow_drift(self, score_fn: ScoreFn, x: jax.Array, t: ArrayLike) -> jax.Array:
-        """f(x, t) - g(t)^2 score(x, t) / 2: the probability flow ODE (Eq. eq-pf-ode, chapter 5)."""
+        """f(x, t) - g(t)^2 score(x, t) / 2: the drift of the probability flow ODE (chapter 5)."""
         g = batch_broadcast(self.diffusion(t), x)
         return self.drift(x, t) - 0.5 * g**2 * score_fn(x, t)
 
@@ -222,8 +228,9 @@ class LinearSDE(abc.ABC):
 class VE(LinearSDE):
     """Variance exploding: dx = sqrt(d sigma(t)^2 / dt) dw, sigma(t) = sigma_min (sigma_max/sigma_min)^t.
 
-    Eq. (eq-ve-sde), chapter 2. The kernel is N(x_0, (sigma(t)^2 - sigma_min^2) I), the
-    exact kernel of this SDE (see the module docstring for how this differs from Song et al.).
+    The VE SDE of chapter 2. The kernel is N(x_0, b(t)^2 I) with
+    b(t)^2 = sigma(t)^2 - sigma_min^2, the exact kernel of this SDE (see the module
+    docstring for how this differs from Song et al.).
     """
 
     sigma_min: float = 0.01
@@ -257,10 +264,11 @@ class VE(LinearSDE):
 
 @dataclasses.dataclass(frozen=True)
 class VP(LinearSDE):
-    """Variance preserving: dx = -beta(t) x / 2 dt + sqrt(beta(t)) dw (Eq. eq-vp-sde, chapter 2).
+    """Variance preserving: dx = -beta(t) x / 2 dt + sqrt(beta(t)) dw (the VP SDE of chapter 2).
 
     beta(t) = beta_min + t (beta_max - beta_min); the continuous limit of the DDPM chain.
-    Kernel: N(exp(-B(t)/2) x_0, (1 - exp(-B(t))) I), B(t) = int_0^t beta.
+    Kernel: N(a(t) x_0, b(t)^2 I) with a(t) = exp(-B(t)/2), b(t)^2 = 1 - exp(-B(t)),
+    B(t) = int_0^t beta.
     """
 
     beta_min: float = 0.1
@@ -292,9 +300,10 @@ class VP(LinearSDE):
 
 @dataclasses.dataclass(frozen=True)
 class SubVP(VP):
-    """Sub-VP: dx = -beta(t) x / 2 dt + sqrt(beta(t) (1 - exp(-2 B(t)))) dw (Eq. eq-subvp-sde, chapter 2).
+    """Sub-VP: dx = -beta(t) x / 2 dt + sqrt(beta(t) (1 - exp(-2 B(t)))) dw (the sub-VP SDE of chapter 2).
 
-    Same drift and kernel mean as VP; kernel std 1 - exp(-B(t)), never above VP's.
+    Same drift and mean coefficient a(t) as VP; kernel std b(t) = 1 - exp(-B(t)), never
+    above VP's.
     """
 
     def diffusion(self, t: ArrayLike) -> jax.Array:
