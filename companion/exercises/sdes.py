@@ -5,8 +5,10 @@
 * ``ve_diffusion(t, sigma_min, sigma_max)`` (derivation): g(t) of the VE SDE in closed
   form, from g(t)^2 = d[sigma(t)^2]/dt and the geometric sigma(t) (the chapter prints
   the definition, not the closed form).
-* ``vp_kernel(x0, t, beta_min, beta_max)``: mean and std of the VP perturbation kernel,
-  with B(t) worked out and one time per sample allowed.
+* ``vp_kernel(x0, t, beta_min, beta_max)`` (decision): mean and std of the VP
+  perturbation kernel, with B(t) worked out, one time per sample allowed, and times so
+  small (t = 1e-4 in float32) that the reader must decide how to compute 1 - exp(-B)
+  without losing the digits asked for to cancellation.
 * ``linear_kernel(A, g, t)`` (decision): the mean coefficient a(t) and the std b(t) of
   the perturbation kernel N(a(t) x0, b(t)^2 I) of *any* linear SDE
   dx = A(t) x dt + g(t) dw, from the moment ODEs of chapter 2; the reader chooses how
@@ -222,12 +224,18 @@ def _vp_cases():
         ("x0 of shape (6, 2), one time per sample, beta in [0.1, 20]", draw(6, 2), times, 0.1, 20.0),
         ("x0 of shape (5, 3), t = 0.7, beta in [1, 5]", draw(5, 3), 0.7, 1.0, 5.0),
         ("x0 of shape (2, 1), t = 0.05, constant beta = 2", draw(2, 1), 0.05, 2.0, 2.0),
+        ("x0 of shape (3, 2), a tiny time t = 1e-4 as float32, beta in [0.1, 20]", draw(3, 2),
+         np.float32(1e-4), 0.1, 20.0),
+        ("x0 of shape (3, 4), small times per sample as float32, beta in [0.1, 20]", draw(3, 4),
+         jnp.asarray([3e-4, 1e-3, 2e-4], jnp.float32), 0.1, 20.0),
     ]
 
 
-# exp/sqrt of B in [0.005, 10] in float32: ~1e-5 relative at worst for 1 - exp(-B) at the
-# smallest B (cancellation); the mistakes (sub-VP std, exp(-B) without the 1/2, B = beta(t) t,
-# the variance instead of the std) are >= 5% off on these cases.
+# exp/sqrt of B in [1e-5, 10] in float32: computed without cancellation (expm1), the std
+# is good to ~1e-7 relative; computed as 1 - exp(-B) in float32 it loses 3e-4 (B = 1e-4)
+# to 1.3e-3 (B = 1e-5) relative, which rtol = 1e-4 rejects. The other mistakes (sub-VP
+# std, exp(-B) without the 1/2, B = beta(t) t, the variance instead of the std) are >= 5%
+# off on these cases.
 _VP_RTOL, _VP_ATOL = 1e-4, 1e-6
 
 
@@ -241,7 +249,9 @@ _VP_RTOL, _VP_ATOL = 1e-4, 1e-6
     ),
     hint2=(
         "beta is linear in t, so its integral is a quadratic in t. With one time per "
-        "sample, the mean factor must broadcast along the first axis of x0."
+        "sample, the mean coefficient must broadcast along the first axis of x0. For tiny "
+        "B, exp(-B) rounds to a float32 number near 1 and the difference 1 - exp(-B) keeps "
+        "only a few digits: NumPy and JAX have a function for exp(x) - 1 that avoids it."
     ),
     blocked=(
         "companion.sde:LinearSDE.marginal",
@@ -265,6 +275,11 @@ def _test_vp_kernel(fn):
                 raise Mismatch(f"{what}, std: this is the sub-VP kernel's std, not the VP one's")
             if is_close(std, np.exp(-0.5 * big_b), _VP_RTOL, _VP_ATOL):
                 raise Mismatch(f"{what}, std: this is the mean coefficient a(t), not the std b(t)")
+            naive = np.sqrt(1 - np.exp(-np.asarray(big_b, np.float32)))  # float32 cancellation
+            if np.asarray(t).dtype == np.float32 and is_close(std, naive, 1e-6, 1e-9):
+                raise Mismatch(f"{what}, std: digits lost to cancellation: for tiny B, "
+                               "1 - exp(-B) in float32 subtracts two nearly equal numbers; "
+                               "compute it without the subtraction")
             late = (lo + t64 * (hi - lo)) * t64  # beta(t) t: the rate at the end, times t
             if is_close(std, np.sqrt(-np.expm1(-late)), _VP_RTOL, _VP_ATOL):
                 raise Mismatch(f"{what}, std: B(t) is taken as beta(t) t; beta grows with t, "

@@ -121,7 +121,13 @@ def vp_right_by_hand(x0, t, beta_min, beta_max):
     t = jnp.asarray(t)
     big_b = beta_min * t + 0.5 * t**2 * (beta_max - beta_min)
     return jnp.exp(-0.5 * big_b).reshape(-1, *[1] * (x0.ndim - 1)) * x0 if t.ndim else jnp.exp(-0.5 * big_b) * x0, \
-        jnp.sqrt(1 - jnp.exp(-big_b))
+        jnp.sqrt(-jnp.expm1(-big_b))
+
+
+def vp_naive_float32(x0, t, beta_min, beta_max):  # right formula, cancellation at tiny B
+    t = jnp.asarray(t)
+    big_b = beta_min * t + 0.5 * t**2 * (beta_max - beta_min)
+    return _mean(x0, t, jnp.exp(-0.5 * big_b)), jnp.sqrt(1 - jnp.exp(-big_b))
 
 
 def _b(t, lo, hi):
@@ -151,6 +157,7 @@ VP_WRONG = {
 
 
 VP_WRONG["calls the companion (sde.VP.marginal)"] = vp_right
+VP_WRONG["1 - exp(-B) in float32"] = vp_naive_float32
 
 
 @pytest.mark.parametrize("fn", [vp_right_by_hand])
@@ -171,6 +178,7 @@ VP_DIAGNOSES = {
     "mean not multiplied by x0": "the mean is a(t) x0",
     "returns only the mean": "pair",
     "calls the companion (sde.VP.marginal)": "write it yourself",
+    "1 - exp(-B) in float32": "cancellation",
 }
 
 
