@@ -166,6 +166,15 @@ def _diagnose_euler(arr, want, f, y, t, h):
     late = np.asarray(y + h * f(y, t + h), dtype=np.float64)
     if _close(arr, late):
         return "the slope is taken at the wrong time (explicit Euler uses the start of the step)"
+    y64 = np.asarray(y, np.float64)
+    slope = np.asarray(f(y64, t), np.float64)
+    if h != 0 and _close(arr, y64 - h * slope):
+        return "the step goes against the slope (a sign)"
+    if h != 0 and _close(arr, y64 + 0.5 * h * slope):
+        return "the step is half as long as it should be"
+    if h != 0 and _close(arr, y64 + h * np.asarray(f(y64 + h * slope, t + h), np.float64)):
+        return ("the slope is taken at a predicted end of the step; explicit Euler uses the slope "
+                "at the start (state y, time t)")
     return None
 
 

@@ -48,11 +48,22 @@ def test_euler_step_rejects_wrong_answers(wrong):
     assert not check("euler_step", wrong)
 
 
-def test_euler_step_diagnoses_common_mistakes(capsys):
-    exercises.check("euler_step", EULER_WRONG["returns the increment"])
-    assert "change of y" in capsys.readouterr().out
-    exercises.check("euler_step", EULER_WRONG["slope at the end time"])
-    assert "wrong time" in capsys.readouterr().out
+EULER_DIAGNOSES = {
+    "sign error": "against the slope",
+    "slope at the end time": "wrong time",
+    "returns the increment": "change of y",
+    "half a step": "half as long",
+    "slope at the predicted state": "predicted end of the step",
+    # f(t, y) in diffrax's order: the linear case's matrix product fails on a scalar,
+    # so it raises; the report names where
+    "arguments in diffrax's order f(t, y)": "your function raised",
+}
+
+
+@pytest.mark.parametrize("name", EULER_DIAGNOSES)
+def test_euler_step_names_each_mistake(name, capsys):
+    exercises.check("euler_step", EULER_WRONG[name])
+    assert EULER_DIAGNOSES[name] in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------- heun_step
