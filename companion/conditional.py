@@ -2,24 +2,28 @@
 
 **Class-conditional scores.** By Bayes' rule p_t(x | y) = p_t(y | x) p_t(x) / p(y), so
 
-    grad log p_t(x | y) = grad log p_t(x) + grad log p_t(y | x),           (eq-cond-score)
+    grad log p_t(x | y) = grad log p_t(x) + grad log p_t(y | x),     (the conditional score)
 
 and the reverse SDE of p_t(x | y) is the unconditional one with this score (Song et al.
 2021, Appendix I). A *time-dependent classifier* p_t(y | x), trained on noisy inputs
 x(t) ~ p_0t(. | x_0), gives the second term by automatic differentiation
 (:func:`classifier_grad`). A *guidance scale* gamma weights it,
 
-    s_gamma(x, t) = s(x, t) + gamma grad log p_t(y | x),                   (eq-guidance)
+    s_theta(x, t) + gamma grad log p_t(y | x),                        (the guided score)
 
 gamma = 1 being the conditional score and gamma > 1 sharpening p_t(y | x)^gamma
-(Dhariwal & Nichol 2021). Classifier-free guidance (Ho & Salimans 2022) replaces the
-classifier by a conditional score model: s + gamma (s(. | y) - s) is Eq. (eq-guidance)
-with the implicit classifier grad log p_t(y | x) = s(. | y) - s (:func:`classifier_free`).
+(Dhariwal & Nichol 2021; chapter 6, "The guidance scale", measures what that does to
+the width of the classes). Classifier-free guidance (Ho & Salimans 2022) replaces the
+classifier by a conditional score network: s_theta + gamma (s_theta(. | y) - s_theta) is
+the guided score with the implicit classifier
+grad log p_t(y | x) = s_theta(. | y) - s_theta (:func:`classifier_free`).
 
 **Imputation by replacement** (Song et al. 2021, Appendix I.2): to sample the unknown
 coordinates of x given the known ones, run a reverse-time sampler on the whole vector and,
 after every step to time t, overwrite the known coordinates by a fresh draw from the
-forward kernel p_0t(x_t | x_0) of the known values (:func:`impute`).
+forward kernel p_0t(x_t | x_0) = N(a(t) x_0, b(t)^2 I) of the known values,
+x_o(t) <- a(t) x_o + b(t) z (:func:`impute`). Chapter 6 measures that it under-uses the
+known coordinates when the unknown ones depend on them.
 
 The guided scores are pytree callables whose fields are the score model(s), the
 classifier, the labels and the scale: a sampler takes them as traced state
@@ -43,8 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from companion import sampling
-from companion._common import check_int, check_positive, check_score_fn, check_sde, shared_time, traceable
-from companion.sde import LinearSDE, ScoreFn, check_cutoff
+from companion._common import check_int, check_positive, check_score_fn, shared_time, traceable
+from companion.sde import LinearSDE, ScoreFn, check_cutoff, check_sde
 
 __all__ = [
     "classifier_log_prob",
@@ -126,7 +130,7 @@ def classifier_log_prob(classifier: Callable, y) -> Callable:
 
 
 def classifier_grad(classifier: Callable, y) -> ScoreFn:
-    """``fn(x, t) -> grad_x log p_t(y | x)``, shaped like ``x`` (the last term of Eq. eq-cond-score).
+    """``fn(x, t) -> grad_x log p_t(y | x)``, shaped like ``x`` (the last term of the conditional score, chapter 6).
 
     One reverse-mode pass for the whole batch: samples do not interact in the classifier,
     so the gradient of the *sum* of the per-sample log-probabilities is the per-sample
@@ -137,7 +141,7 @@ def classifier_grad(classifier: Callable, y) -> ScoreFn:
 
 
 def guided_score(score_fn: ScoreFn, classifier: Callable, y, scale: float = 1.0) -> ScoreFn:
-    """Classifier guidance, Eq. (eq-guidance): ``score_fn(x, t) + scale * grad log p_t(y | x)``.
+    """Classifier guidance (the guided score, chapter 6): ``score_fn(x, t) + scale * grad log p_t(y | x)``.
 
     Args:
         score_fn: the unconditional score ``score_fn(x, t)``, ``x`` of shape ``(n, *dims)``.
@@ -181,7 +185,7 @@ def _impute(sde, score_fn, key, x_known, mask, n_steps, eps, predictor, correcto
     predictor_step, corrector_step = sampling.PREDICTORS[predictor], sampling.CORRECTORS[corrector]
 
     def replace(x, t, k):
-        """Eq. (eq-replacement): the known coordinates <- a draw of p_0t(x_t | x_0 = x_known)."""
+        """The replacement step: the known coordinates <- a draw of p_0t(x_t | x_0 = x_known)."""
         x_t, _ = sde.perturb(k, x_known, shared_time(x, t))
         return jnp.where(mask, x_t, x)
 
@@ -231,7 +235,7 @@ def impute(
     ("euler_maruyama" or "reverse_diffusion", :data:`companion.sampling.PREDICTORS`).
     After each of these steps, which end at time t (a corrector's stays at its grid
     time), the known coordinates are replaced by a fresh draw x_t ~ p_0t(. | x_known)
-    (Eq. eq-replacement, chapter 6; Song et al. 2021, Appendix I.2). The last step
+    (the replacement step of chapter 6; Song et al. 2021, Appendix I.2). The last step
     returns the mean, with the known coordinates equal to ``x_known``. The public steps
     and :func:`companion.sampling.reverse_loop`, wrapped with the replacement: step k
     splits ``fold_in(key_loop, k)`` into ``2 n_corrector + 2`` keys, a (step,

@@ -203,3 +203,13 @@ def test_impute_rejects_bad_arguments(mix, sde, kwargs, match):
     x_known, mask = args.pop("x_known"), args.pop("mask")
     with pytest.raises((ValueError, TypeError), match=match):
         C.impute(sde, toy.exact_score(mix, sde), jax.random.key(0), x_known, mask, **args)
+
+
+def test_docstrings_name_equations_in_words():
+    """The API page renders these docstrings: no raw MyST equation label like ``eq-guidance``."""
+    import inspect
+    import re
+
+    texts = [C.__doc__] + [inspect.getdoc(getattr(C, name)) or "" for name in C.__all__]
+    for text in texts:
+        assert not re.search(r"\beq-[a-z]", text), text

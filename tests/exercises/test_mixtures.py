@@ -340,3 +340,13 @@ def test_guided_score_rejects_wrong_answers(wrong):
 def test_guided_score_diagnoses_raw_logits(capsys):
     exercises.check("guided_score", GUIDED_WRONG["raw logit, not log softmax"])
     assert "not log probabilities" in capsys.readouterr().out
+
+
+def test_hints_name_equations_in_words():
+    """A reader sees the hints: no raw MyST equation label like ``eq-guidance``."""
+    import re
+
+    for name in ("class_probabilities", "conditional_weights", "replace_known", "guided_score"):
+        ex = exercises.get(name)
+        for text in (ex.hint, ex.hint2):
+            assert text and not re.search(r"\beq-[a-z]", text), (name, text)
