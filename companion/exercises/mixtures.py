@@ -435,10 +435,33 @@ _GUIDE_RTOL, _GUIDE_ATOL = 1e-4, 1e-4
 
 def _diagnose_guided(arr, score_fn, logits_fn, y, scale, x, t):
     yy = jnp.broadcast_to(jnp.asarray(y), (x.shape[0],))
-    raw = jax.grad(lambda x: jnp.sum(jnp.take_along_axis(logits_fn(x, t), yy[:, None], axis=1)))(x)
-    if is_close(arr, np.asarray(score_fn(x, t)) + scale * np.asarray(raw), _GUIDE_RTOL, _GUIDE_ATOL):
+
+    def grad_of(per_sample):
+        return np.asarray(jax.grad(lambda x: jnp.sum(per_sample(x)))(x), np.float64)
+
+    def pick(values, labels=yy):
+        return jnp.take_along_axis(values, labels[:, None], axis=1)[:, 0]
+
+    def log_p(x, labels=yy):
+        return pick(jax.nn.log_softmax(logits_fn(x, t), axis=-1), labels)
+
+    base = np.asarray(score_fn(x, t), np.float64)
+    right = grad_of(log_p)
+
+    def near(v):
+        return is_close(arr, v, _GUIDE_RTOL, _GUIDE_ATOL)
+
+    if near(base + scale * grad_of(lambda x: pick(logits_fn(x, t)))):
         return ("you follow the gradient of the raw logit of class y; "
                 "logits are not log probabilities (their normaliser depends on x)")
+    if near(base + scale * grad_of(lambda x: jnp.exp(log_p(x)))):
+        return "you differentiate the probability p_t(y | x); the score of Bayes' rule takes its logarithm"
+    if bool(np.any(np.asarray(yy) != 0)) and near(base + scale * grad_of(lambda x: log_p(x, jnp.zeros_like(yy)))):
+        return "every sample is guided towards class 0: y gives each sample's class"
+    if scale != 1.0 and near(scale * (base + right)):
+        return "the scale multiplies the unconditional score too; it weighs only the classifier's term"
+    if near(scale * right):
+        return "the unconditional score is missing: guidance adds the classifier's term to it"
     return None
 
 

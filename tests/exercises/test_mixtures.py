@@ -314,16 +314,18 @@ def _raw_logit(logits_fn, y):
     return f
 
 
+# each known wrong answer, and the words its message must contain (None: no diagnosis)
 GUIDED_WRONG = {
-    "calls the companion (conditional.guided_score)": guided_library,
-    "raw logit, not log softmax": lambda s, l, y, c: _guided(s, l, y, c, _raw_logit(l, y)),
-    "probability, not log probability": lambda s, l, y, c: _guided(
-        s, l, y, c, lambda x, t: jnp.exp(_logp_y(l, x, t, y))),
-    "class 0 always (y ignored)": lambda s, l, y, c: guided_right(s, l, 0, c),
-    "scale on the whole score": lambda s, l, y, c: (
-        lambda x, t: c * guided_right(s, l, y, 1.0)(x, t)),
-    "no unconditional score": lambda s, l, y, c: (
-        lambda x, t: guided_right(s, l, y, c)(x, t) - s(x, t)),
+    "calls the companion (conditional.guided_score)": (guided_library, "write it yourself"),
+    "raw logit, not log softmax": (lambda s, l, y, c: _guided(s, l, y, c, _raw_logit(l, y)),
+                                   "not log probabilities"),
+    "probability, not log probability": (lambda s, l, y, c: _guided(
+        s, l, y, c, lambda x, t: jnp.exp(_logp_y(l, x, t, y))), "takes its logarithm"),
+    "class 0 always (y ignored)": (lambda s, l, y, c: guided_right(s, l, 0, c), "towards class 0"),
+    "scale on the whole score": (lambda s, l, y, c: (
+        lambda x, t: c * guided_right(s, l, y, 1.0)(x, t)), "multiplies the unconditional score too"),
+    "no unconditional score": (lambda s, l, y, c: (
+        lambda x, t: guided_right(s, l, y, c)(x, t) - s(x, t)), "unconditional score is missing"),
 }
 
 
@@ -332,14 +334,12 @@ def test_guided_score_accepts_right_answers(fn):
     assert check("guided_score", fn)
 
 
-@pytest.mark.parametrize("wrong", GUIDED_WRONG.values(), ids=GUIDED_WRONG.keys())
-def test_guided_score_rejects_wrong_answers(wrong):
-    assert not check("guided_score", wrong)
-
-
-def test_guided_score_diagnoses_raw_logits(capsys):
-    exercises.check("guided_score", GUIDED_WRONG["raw logit, not log softmax"])
-    assert "not log probabilities" in capsys.readouterr().out
+@pytest.mark.parametrize("name", GUIDED_WRONG, ids=list(GUIDED_WRONG))
+def test_guided_score_rejects_and_names_wrong_answers(name, capsys):
+    wrong, words = GUIDED_WRONG[name]
+    assert not exercises.check("guided_score", wrong)
+    if words:
+        assert words in capsys.readouterr().out
 
 
 def test_hints_name_equations_in_words():
