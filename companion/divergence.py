@@ -1,15 +1,15 @@
 """Divergences of batch vector fields: exact, and the Skilling-Hutchinson estimate.
 
 The divergence div fn(x) = tr(d fn / dx) is what implicit and sliced score matching
-put in their losses (Eqs. eq-ism and eq-ssm, chapter 4) and what the instantaneous
-change of variables integrates along the probability flow (Eq. eq-inst-cov, chapter 5).
+put in their losses (chapter 4) and what the instantaneous change of variables
+integrates along the probability flow (chapter 5).
 Both chapters use this one module, so that chapter 4's losses do not depend on chapter
 5's likelihoods.
 
-* :func:`exact_divergence`: ``D = prod(dims)`` Jacobian-vector products, one per basis
-  vector; fine in low dimension (toy data, 8x8 images).
-* :func:`hutchinson_divergence`: E_v[v^T (d fn/dx) v] for probes ``v`` with
-  E[v v^T] = I (:func:`probes`, Rademacher or Gaussian), one Jacobian-vector product
+* :func:`exact_divergence`: ``D = prod(dims)`` Jacobian-vector products (``D`` is the
+  book's dimension d), one per basis vector; fine in low dimension (toy data, 8x8 images).
+* :func:`hutchinson_divergence`: E_xi[xi^T (d fn/dx) xi] for probes xi (the argument
+  ``v``) with E[xi xi^T] = I (:func:`probes`, Rademacher or Gaussian), one Jacobian-vector product
   per probe whatever the dimension (Skilling 1989; Hutchinson 1990; FFJORD, Grathwohl
   et al. 2019).
 
@@ -50,11 +50,11 @@ def exact_divergence(fn: BatchFn, x: jax.Array) -> jax.Array:
 
 
 def hutchinson_divergence(fn: BatchFn, x: jax.Array, v: jax.Array) -> jax.Array:
-    """Skilling-Hutchinson estimate of div fn(x): the mean over probes of v^T (d fn/dx) v.
+    """Skilling-Hutchinson estimate of div fn(x): the mean over probes xi of xi^T (d fn/dx) xi.
 
-    ``v`` has shape ``(n, *dims)`` (one probe per sample) or ``(P, n, *dims)`` (``P``
-    probes, averaged). Unbiased when E[v v^T] = I (Rademacher or standard Gaussian
-    entries). Returns shape ``(n,)``.
+    ``v`` holds the probes xi, shape ``(n, *dims)`` (one probe per sample) or
+    ``(P, n, *dims)`` (``P`` probes, averaged). Unbiased when E[xi xi^T] = I (Rademacher
+    or standard Gaussian entries). Returns shape ``(n,)``.
     """
     x = check_x(x)
     v = jnp.asarray(v, dtype=x.dtype)
@@ -69,7 +69,7 @@ def hutchinson_divergence(fn: BatchFn, x: jax.Array, v: jax.Array) -> jax.Array:
 
 def probes(key: jax.Array, shape: tuple[int, ...], *, kind: str = "rademacher",
            dtype: jnp.dtype = jnp.float32) -> jax.Array:
-    """Random probe vectors with E[v v^T] = I: ``"rademacher"`` (+-1) or ``"gaussian"``."""
+    """Random probe vectors xi with E[xi xi^T] = I: ``"rademacher"`` (+-1) or ``"gaussian"``."""
     if kind == "rademacher":
         return jax.random.rademacher(key, shape, dtype=dtype)
     if kind == "gaussian":

@@ -1,11 +1,11 @@
 """Exact log-likelihoods through the probability flow ODE (chapter 5).
 
-The probability flow ODE (Eq. eq-pf-ode, chapter 5),
+The probability flow ODE (chapter 5),
 
     dx/dt = F(x, t) = f(x, t) - g(t)^2 score(x, t) / 2,
 
-moves every sample of p_s to a sample of p_t. Along a solution the log density obeys the
-instantaneous change of variables (Chen et al. 2018, Eq. eq-inst-cov, chapter 5),
+moves every sample of p_t to a sample of p_t' (t' > t). Along a solution the log density
+obeys the instantaneous change of variables (Chen et al. 2018; chapter 5),
 
     d log p_t(x(t)) / dt = -div F(x(t), t),
 
@@ -13,9 +13,9 @@ so, integrating from ``eps`` to ``T``,
 
     log p_eps(x) = log p_T(x(T)) + int_eps^T div F(x(t), t) dt,
 
-with p_T replaced by the prior N(0, s(T)^2 I) (:meth:`~companion.sde.LinearSDE.prior_log_prob`). The
+with p_T replaced by the prior N(0, b(T)^2 I) (:meth:`~companion.sde.LinearSDE.prior_log_prob`). The
 divergence is exact (``d`` Jacobian-vector products) or the Skilling-Hutchinson estimate
-E_v[v^T (dF/dx) v] with one probe ``v`` per sample held fixed along the trajectory, as in
+E_xi[xi^T (dF/dx) xi] with one probe xi per sample held fixed along the trajectory, as in
 FFJORD (Grathwohl et al. 2019).
 
 The divergences are those of :mod:`companion.divergence`, shared with the losses of
@@ -52,8 +52,9 @@ def log_prob(sde: LinearSDE, score_fn: ScoreFn, x: ArrayLike, *, key: jax.Array 
              return_stats: bool = False) -> jax.Array | tuple[jax.Array, dict]:
     """log p_eps(x) in nats per sample, shape ``(n,)``, by the probability flow ODE.
 
-    Solves (x, Delta) from ``t = eps`` to ``T`` with dx/dt = F (Eq. eq-pf-ode) and
-    dDelta/dt = div F (Eq. eq-inst-cov, chapter 5), adaptive ``solver`` (default Tsit5)
+    Solves (x, Delta) from ``t = eps`` to ``T`` with dx/dt = F (the probability flow) and
+    dDelta/dt = div F (the instantaneous change of variables, chapter 5), adaptive
+    ``solver`` (default Tsit5)
     with a PID controller at ``rtol``/``atol``, then returns
     ``sde.prior_log_prob(x(T)) + Delta(T)``. Each sample is its own ODE (``vmap``), so a
     sample's result does not depend on the rest of the batch.
@@ -72,9 +73,9 @@ def log_prob(sde: LinearSDE, score_fn: ScoreFn, x: ArrayLike, *, key: jax.Array 
             when exact).
 
     The error has three parts: the ODE solve (``rtol``, ``atol``), the score's error, and
-    the replacement of p_T by the prior. The last is log p_T(x_T) - log N(x_T; 0, s(T)^2):
-    for VP with the default betas p_T has mean m(T) E[x_0], m(T) = 0.0066, so it is about
-    m(T) E[x_0] x_T, up to 0.02 nats for data with mean 0.8 (``tests/test_likelihood.py``
+    the replacement of p_T by the prior. The last is log p_T(x_T) - log N(x_T; 0, b(T)^2):
+    for VP with the default betas p_T has mean a(T) E[x_0], a(T) = 0.0066, so it is about
+    a(T) E[x_0] x_T, up to 0.02 nats for data with mean 0.8 (``tests/test_likelihood.py``
     measures it); for VE it is of order ``|x_0| |x_T| / sigma_max^2``.
     """
     eps = check_cutoff(sde, eps)
@@ -143,11 +144,11 @@ def bits_per_dim(sde: LinearSDE, score_fn: ScoreFn, x_discrete: ArrayLike, *, n_
                  data_range: tuple[float, float] = (-1.0, 1.0), **kwargs) -> jax.Array:
     """Bits per dimension of integer data in ``{0, ..., n_levels - 1}``, shape ``(n,)``.
 
-    Uniform dequantisation (Eq. eq-dequantisation, chapter 5): u = (x + U[0, 1)) / n_levels
+    Uniform dequantisation (chapter 5's bits per dimension): u = (x + U[0, 1)) / n_levels
     in [0, 1), then y = lo + (hi - lo) u in ``data_range``, the space the score model was
-    trained in. By Jensen, log P(x) >= E_U[log p(y)] + D log((hi - lo) / n_levels), and
+    trained in. By Jensen, log P(x) >= E_U[log p(y)] + d log((hi - lo) / n_levels), and
 
-        bits/dim = -(log p(y) + D log((hi - lo) / n_levels)) / (D log 2)
+        bits/dim = -(log p(y) + d log((hi - lo) / n_levels)) / (d log 2)
 
     is an upper bound (in expectation over U) on the discrete model's bits per dimension.
     One dequantisation draw per sample from ``dequantize_key`` (``jax.random.key(0)`` if
@@ -177,7 +178,8 @@ def nats_to_bits_per_dim(log_p_continuous: ArrayLike, D: int, *, n_levels: int,
     """Convert a continuous log density of the rescaled data (nats) to discrete bits/dim.
 
     A bin of the discrete data has width (hi - lo) / n_levels in the rescaled space, so
-    log P(bin) ~ log p(y) + D log((hi - lo) / n_levels).
+    log P(bin) ~ log p(y) + D log((hi - lo) / n_levels), with ``D`` the number of
+    dimensions (the d of the book).
     """
     lo, hi = data_range
     return -(log_p_continuous + D * math.log((hi - lo) / n_levels)) / (D * math.log(2))
@@ -191,33 +193,42 @@ def sde_bound(sde: LinearSDE, score_fn: ScoreFn, x: ArrayLike, key: jax.Array, *
               prior_log_prob: Callable | None = None) -> jax.Array:
     """Upper bound on -log p(x) of the reverse-SDE model, in nats per sample, shape ``(n,)``.
 
-    The model: x_T from the prior pi, the reverse SDE with ``score_fn`` from T down to
+    The model: x_T from the prior p_prior, the reverse SDE with ``score_fn`` from T down to
     ``eps`` (this gives a density p_eps^SDE), then the Gaussian decoder
-    x_0 ~ N(x_eps / m(eps), (s(eps) / m(eps))^2 I) that inverts the kernel
-    x_eps = m(eps) x_0 + s(eps) z. Its negative ELBO (Song, Durkan et al. 2021, Thm. 3;
-    Huang et al. 2021), with x_t = m(t) x + s(t) z (Eq. eq-sde-bound, chapter 5), is::
+    x_0 ~ N(x_eps / a(eps), (b(eps) / a(eps))^2 I) that inverts the kernel
+    x_eps = a(eps) x_0 + b(eps) z. Its negative ELBO (Song, Durkan et al. 2021, Thm. 3;
+    Huang et al. 2021), with x_t = a(t) x + b(t) z (the reverse SDE's bound, chapter 5),
+    is::
 
-        -log p(x) <= -d log m(eps)                               reconstruction - entropy
-                     + E_z[-log pi(m(T) x + s(T) z)]             prior term
-                     + int_eps^T g(t)^2 E_z || score_fn(x_t, t) + z / s(t) ||^2 / 2 dt
-                     - d log(s(T) / s(eps)),                     d = prod(dims)
+        -log p(x) <= -d log a(eps)                               reconstruction - entropy
+                     + E_z[-log p_prior(a(T) x + b(T) z)]        prior term
+                     + int_eps^T g(t)^2 E_z || score_fn(x_t, t) + z / b(t) ||^2 / 2 dt
+                     - d log(b(T) / b(eps)),                     d = prod(dims)
 
-    the last two lines being the denoising loss with the likelihood weighting
-    lambda(t) = g(t)^2 (chapter 4) minus its value for a model equal to the kernel's
-    score everywhere: -int (g^2 d / s^2 / 2 + d a(t)) dt = -d log(s(T) / s(eps)), since
-    (log s^2)' = 2 a + g^2 / s^2. For the exact score and the exact p_T as prior the
-    reverse SDE reproduces p_eps and the only slack is the decoder's
-    KL(q(x_eps | x) || p(x_eps | x)), which vanishes as eps -> 0.
+    the third line being the denoising loss with the likelihood weighting
+    lambda(t) = g(t)^2 (chapter 4), integrated over t. The last line subtracts that
+    term's value for the *zero model* (score_fn = 0, whose residual is z / b, of mean
+    square d / b^2), plus the integrated divergence of the drift f = A(t) x::
+
+        int_eps^T (g^2 d / b^2 / 2 + d A(t)) dt = d log(b(T) / b(eps)),
+
+    since the kernel's variance obeys (b^2)' = 2 A b^2 + g^2, i.e.
+    (log b^2)' = 2 A + g^2 / b^2 (chapter 5 checks it by quadrature). It is not the
+    constant of chapter 4's denoising loss (the loss of the exact score): the zero
+    model's loss grows like (d / 2) log(1 / eps), and subtracting it keeps the bound
+    finite as eps -> 0. For the exact score and the exact p_T as prior the
+    reverse SDE reproduces p_eps and the only slack is the decoder's (the KL divergence
+    between the kernel's x_eps given x and the model's), which vanishes as eps -> 0.
 
     The time integral is estimated with ``n_t`` draws of (t, z) per sample, t drawn with
-    density proportional to g(t)^2 / s(t)^2 (the importance sampling of chapter 4;
+    density proportional to g(t)^2 / b(t)^2 (the importance sampling of chapter 4;
     uniform when ``importance_sampling=False``). Each draw subtracts the control variate
-    c(t) (g^2 / s^2) (||z||^2 - d) / 2, of mean zero, with c = (m^2 / (m^2 + s^2))^2: near
-    t = 0 the residual s score + z is nearly z (c -> 1) and the chi-square noise of
+    c(t) (g^2 / b^2) (||z||^2 - d) / 2, of mean zero, with c = (a^2 / (a^2 + b^2))^2: near
+    t = 0 the residual b score + z is nearly z (c -> 1) and the chi-square noise of
     ||z||^2 would otherwise dominate; at large t the residual is small (c -> 0). (c is
     the squared signal fraction for data of unit variance: near-optimal there, unbiased
     always.) The prior term is exact for the default
-    prior N(0, s(T)^2 I); a ``prior_log_prob`` (``(n, *dims) -> (n,)``) is averaged over
+    prior N(0, b(T)^2 I); a ``prior_log_prob`` (``(n, *dims) -> (n,)``) is averaged over
     the same ``n_t`` draws of z. The result is a Monte-Carlo estimate: unbiased for the
     bound, so it exceeds -log p(x) only on average; its standard error is that of the
     ``n_t`` terms (see ``tests/test_likelihood.py``).

@@ -8,13 +8,13 @@ Each constructor takes the SDE and the options and returns a loss object ``loss`
 where ``model(x, t)`` is any score function (an NNX module or a plain function) and
 ``x0`` is a batch of data ``(n, *dims)``. Every loss draws one time per sample,
 ``t ~ U(eps, T)`` (or, for denoising score matching with ``importance_sampling=True``,
-from the density of Eq. eq-importance-t), and the perturbed point ``x_t`` from the kernel,
-and weights the sample by lambda(t):
+from the importance-sampling density q(t) of chapter 4), and the perturbed point
+``x_t = a(t) x0 + b(t) z`` from the kernel, and weights the sample by lambda(t):
 
 =================  ==========================  ==========================================
 ``weighting``      lambda(t)                   remark
 =================  ==========================  ==========================================
-``"sigma2"``       s(t)^2 (kernel variance)    Song et al. (2021); makes the DSM
+``"sigma2"``       b(t)^2 (kernel variance)    Song et al. (2021); makes the DSM
                                                regression target O(1) at every t
 ``"likelihood"``   g(t)^2                      bounds the KL / negative log-likelihood
                                                (Song, Durkan et al. 2021)
@@ -22,7 +22,7 @@ and weights the sample by lambda(t):
 =================  ==========================  ==========================================
 
 All three losses estimate, up to a constant that does not depend on the model, the
-weighted Fisher divergence (Eq. eq-weighted-fisher, chapter 4)
+weighted Fisher divergence (chapter 4)
 
     J(theta) = E_t [ lambda(t) E_{x_t ~ p_t} || model(x_t, t) - grad log p_t(x_t) ||^2 / 2 ].
 
@@ -75,12 +75,13 @@ def weighting_fn(sde: LinearSDE, weighting: str) -> Callable:
 
 
 class TimeSampler:
-    """Draws t on [eps, T] from a density proportional to ``rate(t)`` (Eq. eq-importance-t).
+    """Draws t on [eps, T] from a density q(t) proportional to ``rate(t)`` (the importance
+    sampling of t, chapter 4).
 
-    The inverse CDF is tabulated on a grid (geometric near ``eps``, where lambda/s^2 of
+    The inverse CDF is tabulated on a grid (geometric near ``eps``, where lambda/b^2 of
     the likelihood weighting behaves like 1/t); within a grid cell t is uniform, so the
-    sampled density r(t) is piecewise constant and known exactly: the importance weight
-    ``1 / ((T - eps) r(t))`` makes the estimate exactly unbiased whatever the grid.
+    sampled density q(t) is piecewise constant and known exactly: the importance weight
+    ``1 / ((T - eps) q(t))`` makes the estimate exactly unbiased whatever the grid.
     """
 
     def __init__(self, rate: Callable, eps: float, T: float, n_grid: int = 4096):
@@ -88,17 +89,17 @@ class TimeSampler:
         mid = 0.5 * (grid[1:] + grid[:-1])
         w = np.asarray(rate(jnp.asarray(mid, jnp.float32)), np.float64)
         if not np.all(np.isfinite(w)) or np.any(w < 0):
-            raise ValueError("importance_sampling: lambda(t)/s(t)^2 is not finite and positive on [eps, T]")
+            raise ValueError("importance_sampling: lambda(t)/b(t)^2 is not finite and positive on [eps, T]")
         mass = w * np.diff(grid)
         self.total = float(mass.sum())  # ~ int_eps^T rate(t) dt
         cdf = np.concatenate([[0.0], np.cumsum(mass) / self.total])
         self.grid = jnp.asarray(grid, jnp.float32)
         self.cdf = jnp.asarray(cdf, jnp.float32)
-        self.density = jnp.asarray(mass / np.diff(grid) / self.total, jnp.float32)  # r(t) per cell
+        self.density = jnp.asarray(mass / np.diff(grid) / self.total, jnp.float32)  # q(t) per cell
         self.eps, self.T = eps, T
 
     def sample(self, key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
-        """Times ``(n,)`` and their importance weights ``1 / ((T - eps) r(t))``, ``(n,)``."""
+        """Times ``(n,)`` and their importance weights ``1 / ((T - eps) q(t))``, ``(n,)``."""
         u = jax.random.uniform(key, (n,), jnp.float32)
         cell = jnp.clip(jnp.searchsorted(self.cdf, u, side="right") - 1, 0, self.density.shape[0] - 1)
         frac = (u - self.cdf[cell]) / jnp.maximum(self.cdf[cell + 1] - self.cdf[cell], 1e-30)
@@ -141,21 +142,22 @@ def _uniform_perturbed(sde: LinearSDE, key, x0, eps):
 
 def denoising_score_matching(sde: LinearSDE, *, weighting: str = "sigma2", importance_sampling: bool = False,
                              eps: float = 1e-5) -> Loss:
-    """Denoising score matching with the perturbation kernel (Vincent 2011; Eq. eq-dsm, chapter 4).
+    """Denoising score matching with the perturbation kernel (Vincent 2011; the denoising
+    score-matching loss of chapter 4).
 
-    Per sample: ``t``, ``z ~ N(0, I)``, ``x_t = m(t) x_0 + s(t) z``; the kernel's score at
-    ``x_t`` is ``-z / s(t)`` and the loss is
+    Per sample: ``t``, ``z ~ N(0, I)``, ``x_t = a(t) x_0 + b(t) z``; the kernel's score at
+    ``x_t`` is ``-z / b(t)`` and the loss is
 
-        lambda(t) || model(x_t, t) + z / s(t) ||^2 / 2  =  (lambda(t) / s(t)^2) || s(t) model + z ||^2 / 2,
+        lambda(t) || model(x_t, t) + z / b(t) ||^2 / 2  =  (lambda(t) / b(t)^2) || b(t) model + z ||^2 / 2,
 
-    the second form being the noise-prediction form (``s(t) model`` predicts ``-z``).
+    the second form being the noise-prediction form (``b(t) model`` predicts ``-z``).
 
-    ``importance_sampling=True`` draws ``t`` with density r(t) proportional to
-    lambda(t) / s(t)^2 (Eq. eq-importance-t) and multiplies by ``1 / ((T - eps) r(t))``:
-    the same expectation, and the weight in front of the O(1) noise-prediction error
-    becomes constant. For ``"sigma2"`` it changes nothing (r is uniform).
+    ``importance_sampling=True`` draws ``t`` with density q(t) proportional to
+    lambda(t) / b(t)^2 (chapter 4) and multiplies by ``1 / ((T - eps) q(t))``: the same
+    expectation, and the weight in front of the O(1) noise-prediction error becomes
+    constant. For ``"sigma2"`` it changes nothing (q is uniform).
 
-    ``eps`` is the lower end of the times (t-epsilon cut-off): lambda(t)/s(t)^2 grows like
+    ``eps`` is the lower end of the times (t-epsilon cut-off): lambda(t)/b(t)^2 grows like
     1/t for the likelihood weighting and ``"none"``, so with ``eps -> 0`` the estimator's
     mean grows without bound even for the exact score (the model-independent constant:
     near t = 0 the noise-prediction error is ||z||^2 / 2 whatever the model, so the mean
@@ -185,7 +187,7 @@ def denoising_score_matching(sde: LinearSDE, *, weighting: str = "sigma2", impor
 
 
 def implicit_score_matching(sde: LinearSDE, *, weighting: str = "sigma2", eps: float = 1e-5) -> Loss:
-    """Implicit (Hyvarinen) score matching at every t (Eq. eq-ism, chapter 4).
+    """Implicit (Hyvarinen) score matching at every t (chapter 4).
 
     Per sample: ``t``, ``x_t`` from the kernel, and
 
@@ -209,12 +211,12 @@ def implicit_score_matching(sde: LinearSDE, *, weighting: str = "sigma2", eps: f
 
 def sliced_score_matching(sde: LinearSDE, *, weighting: str = "sigma2", eps: float = 1e-5, n_projections: int = 1,
                           projection: str = "rademacher", variance_reduction: bool = False) -> Loss:
-    """Sliced score matching (Song, Garg et al. 2020; Eq. eq-ssm, chapter 4).
+    """Sliced score matching (Song, Garg et al. 2020; chapter 4).
 
-    The trace of implicit score matching replaced by its projections on random
-    directions ``v`` (``n_projections`` per sample, ``"rademacher"`` or ``"gaussian"``):
+    The trace of implicit score matching replaced by its projections on random probe
+    directions xi (``n_projections`` per sample, ``"rademacher"`` or ``"gaussian"``):
 
-        lambda(t) mean_v [ v^T (d model / dx) v + (v^T model)^2 / 2 ],
+        lambda(t) mean_xi [ xi^T (d model / dx) xi + (xi^T model)^2 / 2 ],
 
     one Jacobian-vector product per projection whatever the dimension. With
     ``variance_reduction=True`` the second term is ``|| model ||^2 / 2``, its exact
@@ -268,15 +270,16 @@ def _check_path(path):
 
 
 def flow_matching(path: GaussianPath, *, eps: float = 1e-5, coupled: bool = False) -> Loss:
-    """Conditional flow matching on a Gaussian path (Lipman et al. 2023; Eq. eq-cfm, chapter 8).
+    """Conditional flow matching on a Gaussian path (Lipman et al. 2023; chapter 8's
+    conditional flow-matching loss).
 
     Per sample: ``t ~ U(eps, 1)``, ``z ~ N(0, I)``, ``x_t = a(t) x_0 + b(t) z`` and
 
         || model(x_t, t) - (a'(t) x_0 + b'(t) z) ||^2 / 2,
 
     where ``model(x, t)`` is a velocity model. Its expectation is the regression on the
-    marginal velocity E[a' x_0 + b' z | x_t] (the flow-matching identity,
-    Eq. eq-fm-identity) plus a constant that does not depend on the model.
+    marginal velocity E[a' x_0 + b' z | x_t] (the flow-matching identity of chapter 8)
+    plus a constant that does not depend on the model.
 
     ``coupled=True``: each data point comes with its own noise, ``x0`` of shape
     ``(n, 2, *dims)`` holding pairs ``[x_0, z]`` (the couplings of reflow, Liu et al.
@@ -313,7 +316,8 @@ def flow_matching(path: GaussianPath, *, eps: float = 1e-5, coupled: bool = Fals
 def velocity_from_score(path: GaussianPath, score_fn: ScoreFn) -> Callable:
     """The velocity field of ``path`` from a score model: ``velocity(x, t)``.
 
-    v = (a'/a) x + (a' b^2 / a - b b') grad log p_t (Eq. eq-velocity-score, chapter 8),
+    u = (a'/a) x + (a' b^2 / a - b b') grad log p_t (the velocity from the score,
+    chapter 8),
     written as [a' x + (a' b^2 - a b b') score] / a. Valid where a(t) > 0 (all t < 1
     for :class:`~companion.paths.Rectified`). For ``paths.from_sde(s)`` it is the
     probability flow drift f - g^2 score / 2 of chapter 5.
@@ -332,9 +336,9 @@ def score_from_velocity(path: GaussianPath, velocity_fn: Callable) -> ScoreFn:
     """The score model of ``path`` from a velocity model: ``score_fn(x, t)``, the inverse of
     :func:`velocity_from_score`,
 
-        grad log p_t = (a v - a' x) / (a' b^2 - a b b')      (Eq. eq-velocity-score).
+        grad log p_t = (a u - a' x) / (a' b^2 - a b b')      (chapter 8).
 
-    The denominator is -m g^2 / 2 for ``paths.from_sde(s)`` (never 0) and -t for
+    The denominator is -a g^2 / 2 for ``paths.from_sde(s)`` (never 0) and -t for
     :class:`~companion.paths.Rectified` (valid for t > 0). With it every score-based
     sampler of the course (chapters 3 and 5) runs on a flow-matching model.
     """
@@ -363,7 +367,7 @@ def classifier_loss(sde: LinearSDE, *, eps: float = 1e-3) -> Callable:
     ``(n,)``. Per sample: ``t ~ U(eps, T)``, ``x_t ~ p_0t(. | x_0)`` (the forward kernel)
     and ``-log softmax(model(x_t, t))[y]``; the mean over the batch, a scalar. Minimising it
     over all t fits p_t(y | x) at every noise level at once: its minimiser is the Bayes
-    classifier of Eq. eq-bayes-classifier (chapter 6). ``eps`` defaults to the samplers'
+    classifier of chapter 6 (Bayes' rule on the perturbed class densities). ``eps`` defaults to the samplers'
     cut-off (``companion.sampling.DEFAULT_EPS``), the smallest time guidance is used at.
     """
     eps = check_cutoff(sde, eps)
@@ -386,7 +390,7 @@ def label_dropout_loss(sde: LinearSDE, null_label: int, *, p_uncond: float = 0.2
     ``model(x, t, y)`` (e.g. :class:`companion.nets.ClassConditionalMLP`), ``x0`` of shape
     ``(n, *dims)`` and ``y`` int labels ``(n,)``. Each sample's label is replaced by
     ``null_label`` with probability ``p_uncond``, and the loss, a scalar, is
-    :func:`denoising_score_matching` of ``model(., ., y)`` (Eq. eq-dsm, chapter 4): its
+    :func:`denoising_score_matching` of ``model(., ., y)`` (chapter 4's denoising loss): its
     minimiser is the score of p_t(x | y) for a label and that of p_t(x) for the null
     label, the two scores classifier-free guidance mixes (Ho and Salimans 2022;
     :func:`companion.conditional.classifier_free`).

@@ -1,18 +1,20 @@
 """Hidden tests of the exercises of chapter 5 (the probability flow ODE).
 
-* ``pf_drift(sde, score_fn, x, t)``: the drift of the probability flow ODE,
-  Eq. (eq-pf-ode), chapter 5.
-* ``divergence(fn, x)``: the exact divergence (Jacobian trace) of a batch function, per
-  sample, Eq. (eq-inst-cov), chapter 5.
-* ``bits_per_dim(log_p, n_dims, n_levels, data_range)``: bits per dimension of discrete
-  data from the log density of its rescaled, dequantised version,
-  Eq. (eq-dequantisation), chapter 5.
-* ``log_density_ode(velocity, x, t)`` (conceptual): the right-hand side of the augmented
-  ODE that carries a sample and its log density along a flow dx/dt = v(x, t),
-  Eq. (eq-inst-cov), for any velocity field and any sample shape.
+* ``bits_per_dim(log_p, n_dims, n_levels, data_range)`` (warm-up): bits per dimension of
+  discrete data from the log density of its rescaled, dequantised version (chapter 5's
+  dequantisation bound).
+* ``pf_drift(sde, denoiser, x, t)`` (derivation): the velocity of the probability flow
+  ODE written with a denoiser E[x_0 | x_t = x] instead of a score: chapter 5's ODE and
+  chapter 4's Tweedie formula put together.
+* ``divergence(fn, x)`` (a JAX tool): the exact divergence (Jacobian trace) of a batch
+  function, per sample, the quantity the instantaneous change of variables (chapter 5)
+  integrates.
+* ``log_density_ode(velocity, x, t)`` (derivation): the right-hand side of the augmented
+  ODE that carries a sample and its log density along a flow dx/dt = v(x, t), for any
+  velocity field and any sample shape.
 
-Inputs come from a fixed NumPy seed; messages say how an answer is wrong, never what
-the right value is.
+Inputs come from a fixed NumPy seed; messages say how an answer is wrong (and, for the
+predictable mistakes, which one), never what the right value is.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from companion.exercises._core import (
     as_pair,
     exercise,
     expect_close,
+    is_close,
 )
 
 __all__: list[str] = []  # importing the module registers its exercises; nothing to import
@@ -38,10 +41,11 @@ __all__: list[str] = []  # importing the module registers its exercises; nothing
 # ----------------------------------------------------------------------------- references
 
 
-def _pf_drift(sde, score_fn, x, t):
-    """Reference: f(x, t) - g(t)^2 score(x, t) / 2."""
-    g = sde.diffusion(t)[:, None]
-    return sde.drift(x, t) - 0.5 * g**2 * score_fn(x, t)
+def _pf_drift(sde, denoiser, x, t):
+    """Reference: f(x, t) - g(t)^2 score / 2, with Tweedie's score (a(t) xhat_0 - x) / b(t)^2."""
+    a, b, g = (v[:, None] for v in (sde.mean_coefficient(t), sde.kernel_std(t), sde.diffusion(t)))
+    score = (a * denoiser(x, t) - x) / b**2
+    return sde.drift(x, t) - 0.5 * g**2 * score
 
 
 def _divergence(fn, x):
@@ -51,7 +55,7 @@ def _divergence(fn, x):
 
 
 def _bits_per_dim(log_p, n_dims, n_levels, data_range):
-    """Reference: -(log p + D log((hi - lo) / n_levels)) / (D log 2)."""
+    """Reference: -(log p + d log((hi - lo) / n_levels)) / (d log 2)."""
     lo, hi = data_range
     return -(log_p + n_dims * math.log((hi - lo) / n_levels)) / (n_dims * math.log(2))
 
@@ -64,39 +68,116 @@ def _f32(a):
     return jnp.asarray(a, dtype=jnp.float32)
 
 
+# ----------------------------------------------------------------------------- bits_per_dim
+
+
+def _diagnose_bpd(arr, log_p, D, K, data_range):
+    lo, hi = data_range
+    log_bin = D * math.log((hi - lo) / K)
+    variants = [
+        ("nats, not bits: log_p is a natural logarithm", -(log_p + log_bin) / D),
+        ("bits for the whole sample: the number of dimensions is missing in the division",
+         -(log_p + log_bin) / math.log(2)),
+        ("the bin's volume is missing: a density is not a probability", -log_p / (D * math.log(2))),
+        ("the bin's volume enters with the wrong sign", -(log_p - log_bin) / (D * math.log(2))),
+        ("the volume of one bin counts one coordinate only (it is a product of n_dims widths)",
+         -(log_p + log_bin / D) / (D * math.log(2))),
+        ("the right size with the wrong sign: bits/dim is a cost, -log2 P per dimension",
+         (log_p + log_bin) / (D * math.log(2))),
+        ("a logarithm in base 10, not 2", -(log_p + log_bin) / (D * math.log(10))),
+    ]
+    return next((m for m, v in variants if is_close(arr, v, 1e-5, 1e-5)), None)
+
+
+@exercise(
+    "bits_per_dim",
+    chapter=5,
+    hint="Chapter 5's dequantisation bound: a discrete value covers a bin in the rescaled space; "
+    "its probability is about the density times the bin's volume. The answer is in bits, per "
+    "dimension.",
+    hint2="The bin's width is the data range divided by n_levels, in each of the n_dims "
+    "coordinates: its volume is a product of n_dims widths. log_p is in nats; a bit is a "
+    "logarithm in base 2.",
+    blocked=(
+        "companion.likelihood:nats_to_bits_per_dim",
+        "companion.likelihood:bits_per_dim",
+    ),
+    reference=_bits_per_dim,
+)
+def _test_bits_per_dim(fn):
+    rng = _rng()
+    for n_dims, n_levels, data_range in ((2, 256, (-1.0, 1.0)), (64, 17, (0.0, 1.0)), (3, 32, (-4.0, 4.0)),
+                                         (1, 2, (0.0, 2.0))):
+        log_p = rng.normal(size=5) * 3 + 2
+        got = fn(jnp.asarray(log_p), n_dims, n_levels, data_range)
+        expect_close(got, _bits_per_dim(log_p, n_dims, n_levels, data_range),
+                     what=f"bits_per_dim (n_dims={n_dims}, {n_levels} levels, range {data_range})",
+                     rtol=1e-5, atol=1e-5,
+                     diagnose=lambda arr, a=(log_p, n_dims, n_levels, data_range): _diagnose_bpd(arr, *a))
+
+
 # ----------------------------------------------------------------------------- pf_drift
+
+
+def _pf_variants(sde, denoiser, x, t):
+    """Known wrong answers of pf_drift: (message, values)."""
+    a, b, g = (v[:, None] for v in (sde.mean_coefficient(t), sde.kernel_std(t), sde.diffusion(t)))
+    f, xhat0 = sde.drift(x, t), denoiser(x, t)
+    score = (a * xhat0 - x) / b**2
+    return [
+        ("g(t)^2 times the score where the probability flow has half of it: that is the reverse "
+         "SDE's drift (chapter 3), not the ODE's", f - g**2 * score),
+        ("the score term has the wrong sign (check Tweedie's formula and the sign in front of "
+         "the score in the probability flow ODE)", f + 0.5 * g**2 * score),
+        ("the score is built as (xhat_0 - x) / b^2, without the mean coefficient a(t) in front of "
+         "the denoiser", f - 0.5 * g**2 * (xhat0 - x) / b**2),
+        ("the score is divided by b(t), not b(t)^2 (Tweedie's formula, chapter 4)",
+         f - 0.5 * g**2 * (a * xhat0 - x) / b),
+        ("the forward drift f(x, t) is missing", -0.5 * g**2 * score),
+        ("the denoiser is used as if it were the score", f - 0.5 * g**2 * xhat0),
+    ]
+
+
+def _diagnose_pf(arr, case):
+    right = np.asarray(_pf_drift(*case), np.float64)
+    named = [(m, np.asarray(v, np.float64)) for m, v in _pf_variants(*case)]
+    return next((m for m, v in named if not is_close(v, right, 1e-4, 1e-4) and is_close(arr, v, 1e-4, 1e-4)),
+                None)
 
 
 @exercise(
     "pf_drift",
     chapter=5,
-    hint="Eq. (eq-pf-ode): the same two ingredients as the reverse-time SDE of chapter 3, but the ODE "
-    "carries only part of the score term, so that its marginals match without noise.",
-    hint2="Forward drift minus a fraction of g(t)^2 times the score; t has shape (n,): reshape g(t) "
-    "so that it multiplies each sample. Compare your factor with the one in the reverse SDE.",
+    hint="Two results meet here: the probability flow ODE (chapter 5) needs the score, and Tweedie's "
+    "formula (chapter 4) says how the score and the denoiser E[x_0 | x_t] determine each other.",
+    hint2="Solve Tweedie's formula for the score, with a(t) and b(t) from the SDE at the times t "
+    "(one per sample: reshape them so that each multiplies its own row), and put it in the "
+    "probability flow's velocity. Compare the factor in front of g(t)^2 with the reverse SDE's.",
     blocked=(
         "companion.sde:LinearSDE.probability_flow_drift",
         "companion.sde:LinearSDE.reverse_drift",
+        "companion.losses:velocity_from_score",
     ),
     reference=_pf_drift,
 )
 def _test_pf_drift(fn):
     rng = _rng()
     labels, cases = [], []
-    for sde in (sdes.VP(), sdes.VE(), sdes.SubVP()):
-        d, n = 2, 5
+    for sde, d, n in ((sdes.VP(), 2, 5), (sdes.SubVP(), 3, 4), (sdes.VE(), 2, 5), (sdes.VP(), 1, 1)):
         mu = _f32(rng.normal(size=d))
+        W = _f32(rng.normal(size=(d, d)) / d)
 
-        def score(x, t, mu=mu):
-            return -(x - mu) * (1.0 + jnp.asarray(t)[:, None])
+        def denoiser(x, t, mu=mu, W=W):  # depends on x and t, mixes a sample's coordinates
+            return mu + jnp.tanh(x @ W) * (1.0 - jnp.asarray(t)[:, None])
 
         x = _f32(rng.normal(size=(n, d)) * 2)
         t = _f32(rng.uniform(0.05, 1.0, size=n))
-        labels.append(f"pf_drift ({type(sde).__name__} SDE)")
-        cases.append((sde, score, x, t))
+        labels.append(f"pf_drift ({type(sde).__name__} SDE, d = {d}, n = {n})")
+        cases.append((sde, denoiser, x, t))
     wants = call_compiled_each(_pf_drift, cases)
-    for label, got, want in zip(labels, call_compiled_each(fn, cases), wants):
-        expect_close(got, want, what=label, rtol=1e-4, atol=1e-4)
+    for label, case, got, want in zip(labels, cases, call_compiled_each(fn, cases), wants):
+        expect_close(got, want, what=label, rtol=1e-4, atol=1e-4,
+                     diagnose=lambda arr, case=case: _diagnose_pf(arr, case))
 
 
 # ----------------------------------------------------------------------------- divergence
@@ -105,11 +186,12 @@ def _test_pf_drift(fn):
 @exercise(
     "divergence",
     chapter=5,
-    hint="Eq. (eq-inst-cov): the divergence is the trace of each sample's own Jacobian, one number "
-    "per sample; the batch function's full Jacobian mixes samples.",
-    hint2="jax.jacfwd of a one-sample function (add and remove the batch axis), vmapped over the "
-    "batch, then the trace; or one jax.jvp per coordinate direction, keeping the matching "
-    "coordinate of each product.",
+    hint="The instantaneous change of variables (chapter 5) integrates the divergence: the trace "
+    "of each sample's own Jacobian, one number per sample; the batch function's full Jacobian "
+    "mixes samples.",
+    hint2="The box before the exercises: jax.jacfwd of a one-sample function (add and remove the "
+    "batch axis), vmapped over the batch, then the trace; or one jax.jvp per coordinate "
+    "direction, keeping the matching coordinate of each product.",
     blocked=(
         "companion.divergence:exact_divergence",
         "companion.divergence:hutchinson_divergence",
@@ -134,39 +216,13 @@ def _test_divergence(fn):
         expect_close(got, want, what=f"divergence ({label})", rtol=1e-4, atol=1e-4)
 
 
-# ----------------------------------------------------------------------------- bits_per_dim
-
-
-@exercise(
-    "bits_per_dim",
-    chapter=5,
-    hint="Eq. (eq-dequantisation): a discrete value covers a bin in the rescaled space; its "
-    "probability is about the density times the bin's volume. Bits, per dimension.",
-    hint2="The bin's width is the data range divided by n_levels, in each of the n_dims coordinates, "
-    "so the volume enters the log as n_dims times the log of the width. Negate, convert nats to "
-    "bits, divide by n_dims.",
-    blocked=(
-        "companion.likelihood:nats_to_bits_per_dim",
-        "companion.likelihood:bits_per_dim",
-    ),
-    reference=_bits_per_dim,
-)
-def _test_bits_per_dim(fn):
-    rng = _rng()
-    for n_dims, n_levels, data_range in ((2, 256, (-1.0, 1.0)), (64, 17, (0.0, 1.0)), (3, 32, (-4.0, 4.0))):
-        log_p = rng.normal(size=5) * 3 + 2
-        got = fn(jnp.asarray(log_p), n_dims, n_levels, data_range)
-        expect_close(got, _bits_per_dim(log_p, n_dims, n_levels, data_range),
-                     what=f"bits_per_dim (D={n_dims}, {n_levels} levels, range {data_range})",
-                     rtol=1e-5, atol=1e-5)
-
-
 # ------------------------------------------------------------------------ log_density_ode
 
 
 def _log_density_ode(velocity, x, t):
     """Reference: (v(x, t), -div v(x, t)); the divergence per sample over all its
-    coordinates, by one forward-mode Jacobian per sample, Eq. (eq-inst-cov)."""
+    coordinates, by one forward-mode Jacobian per sample (the instantaneous change of
+    variables, chapter 5)."""
     n, dims = x.shape[0], x.shape[1:]
     D = math.prod(dims)
     t_b = jnp.broadcast_to(jnp.asarray(t, x.dtype), (n,))
@@ -242,7 +298,7 @@ def _test_log_density_ode_impl(fn):
     chapter=5,
     hint=(
         "Follow one sample along the flow: how does the log density at the moving point "
-        "change? The continuity equation (Eq. (eq-inst-cov)) answers it with the "
+        "change? The instantaneous change of variables (chapter 5) answers it with the "
         "divergence of the velocity; get the sign from a flow that spreads mass out."
     ),
     hint2=(

@@ -1,18 +1,24 @@
 """Hidden tests of the exercises of chapter 4 (continuous-time score matching).
 
-* ``dsm_loss(score_fn, sde, x0, t, z)``: the per-sample denoising score-matching loss
-  with the weighting lambda(t) = s(t)^2, Eq. (eq-dsm), chapter 4.
-* ``hutchinson_trace(fn, x, v)``: the Skilling-Hutchinson estimate of the trace of the
-  Jacobian of a batch function, Eq. (eq-hutchinson), chapter 4.
-* ``langevin_step(score_fn, x, z, step_size)``: one step of (unadjusted) Langevin
-  dynamics, Eq. (eq-langevin), chapter 4.
-* ``dsm_minimum(sde, t, data_var, d)`` (conceptual): the value the s^2-weighted DSM loss
-  at time t cannot go below, for Gaussian data N(0, data_var I_d): the constant of
-  Eq. (eq-dsm), as a number.
+* ``hutchinson_trace(fn, x, xi)`` (warm-up): the Skilling-Hutchinson estimate of the
+  trace of the Jacobian of a batch function, the trace estimator of chapter 4's sliced
+  score matching, with ``jax.jvp`` and ``jax.vmap``.
+* ``dsm_loss(noise_fn, sde, weight, x0, t, z)`` (derivation): the per-sample denoising
+  score-matching loss of a *noise-prediction* network zhat(x, t), for any weighting
+  lambda(t): the chapter writes the loss for a score network; the reader substitutes
+  s_theta = -zhat / b(t).
+* ``preconditioned_langevin(score_fn, x, z, step_size, M)`` (derivation): one step of
+  Langevin dynamics whose drift is preconditioned by a positive definite matrix M; the
+  reader derives, from chapter 3's Fokker-Planck argument, the noise that keeps p in
+  place (any square root of its covariance is accepted).
+* ``dsm_minimum(sde, t, data_var, d)`` (derivation): the value the b(t)^2-weighted
+  denoising loss at time t cannot go below, for Gaussian data N(0, data_var I_d)
+  (:mod:`companion.exercises.score_floor`).
 
-Inputs come from a fixed NumPy seed; answers are compared with the reference in float64
-tolerances loose enough for float32 arithmetic. Messages name the case and say how the
-answer is wrong, never what the right value is.
+Inputs come from a fixed NumPy seed. Messages name the case and say how the answer is
+wrong (and, for the predictable mistakes, which one), never what the right value is; a
+factor is reported only in words ("about twice"), never to more digits than the
+tolerance allows.
 """
 
 from __future__ import annotations
@@ -23,31 +29,15 @@ import numpy as np
 
 from companion import sde as sdes
 from companion.exercises._calling import call_compiled_each
-from companion.exercises._core import Mismatch, as_array, exercise, expect_close
+from companion.exercises._core import (
+    Mismatch,
+    as_array,
+    exercise,
+    expect_close,
+    is_close,
+)
 
 __all__: list[str] = []  # importing the module registers its exercises; nothing to import
-
-# ----------------------------------------------------------------------------- references
-
-
-def _dsm_loss(score_fn, sde, x0, t, z):
-    """Reference: s^2 / 2 || score(x_t, t) + z / s ||^2 with x_t = m x0 + s z, per sample."""
-    m = sde.mean_coefficient(t)[:, None]
-    s = sde.kernel_std(t)[:, None]
-    xt = m * x0 + s * z
-    return 0.5 * jnp.sum((s * score_fn(xt, t) + z) ** 2, axis=1)
-
-
-def _hutchinson_trace(fn, x, v):
-    """Reference: mean over probes p of v_p . (J v_p), per sample."""
-    jv = jax.vmap(lambda vp: jax.jvp(fn, (x,), (vp,))[1])(v)
-    return jnp.mean(jnp.sum(v * jv, axis=-1), axis=0)
-
-
-def _langevin_step(score_fn, x, z, step_size):
-    """Reference: x + e score(x) + sqrt(2 e) z."""
-    return x + step_size * score_fn(x) + jnp.sqrt(2 * step_size) * z
-
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -60,61 +50,64 @@ def _f32(a):
     return jnp.asarray(a, dtype=jnp.float32)
 
 
-def _linear_score(A, b):
-    """A score that depends on x and t: -(A x + b) (1 + t)."""
-    A, b = _f32(A), _f32(b)
-
-    def score(x, t):
-        return -(x @ A.T + b) * (1.0 + jnp.asarray(t)[:, None])
-
-    return score
+def _column(v, x):
+    """A per-sample quantity ``(n,)`` shaped to broadcast against ``x`` ``(n, *dims)``."""
+    return jnp.reshape(v, (-1,) + (1,) * (x.ndim - 1))
 
 
-# ----------------------------------------------------------------------------- dsm_loss
+def _per_sample_sum(a):
+    return jnp.sum(jnp.reshape(a, (a.shape[0], -1)), axis=1)
 
 
-@exercise(
-    "dsm_loss",
-    chapter=4,
-    hint="Eq. (eq-dsm): the perturbed point comes from the kernel of chapter 2, and the target is the "
-    "kernel's score at that point, written with z. One number per sample.",
-    hint2="x_t = (mean coefficient) x0 + (kernel std) z, both from the SDE at the times t (one per "
-    "sample). The kernel's score at x_t is a multiple of z. Weight by the kernel's variance, halve "
-    "the squared error and sum it over each sample's coordinates.",
-    blocked=("companion.losses:denoising_score_matching",),
-    reference=_dsm_loss,
-)
-def _test_dsm_loss(fn):
-    rng = _rng()
-    cases = []
-    for sde, d in ((sdes.VP(), 2), (sdes.VE(), 3), (sdes.SubVP(), 1)):
-        n = 6
-        A = rng.normal(size=(d, d))
-        score = _linear_score(A @ A.T / d + np.eye(d), rng.normal(size=d))
-        x0 = _f32(rng.normal(size=(n, d)) * 2)
-        t = _f32(rng.uniform(0.05, 1.0, size=n))
-        z = _f32(rng.normal(size=(n, d)))
-        cases.append((type(sde).__name__, score, sde, x0, t, z))
-    args = [case[1:] for case in cases]
-    wants = call_compiled_each(_dsm_loss, args)
-    for (label, *_), got, want in zip(cases, call_compiled_each(fn, args), wants):
-        arr = as_array(got, f"dsm_loss ({label} SDE)")
-        if arr.shape != want.shape:
-            raise Mismatch(f"dsm_loss ({label} SDE): expected one loss per sample, shape {want.shape}, got {arr.shape}")
-        expect_close(got, want, what=f"dsm_loss ({label} SDE)", rtol=1e-4, atol=1e-5)
+def _name_variant(arr, variants, rtol, atol):
+    """The message of the first known wrong answer ``(message, values)`` that ``arr``
+    matches, else None."""
+    for message, values in variants:
+        if is_close(arr, values, rtol, atol):
+            return message
+    return None
 
 
-# ----------------------------------------------------------------------------- hutchinson_trace
+# ----------------------------------------------------------------------- hutchinson_trace
+
+
+def _hutchinson_trace(fn, x, xi):
+    """Reference: mean over probes p of xi_p . (J xi_p), per sample."""
+    jv = jax.vmap(lambda xp: jax.jvp(fn, (x,), (xp,))[1])(xi)
+    return jnp.mean(jnp.sum(xi * jv, axis=-1), axis=0)
+
+
+def _diagnose_hutchinson(arr, fn, x, xi):
+    want = np.asarray(_hutchinson_trace(fn, x, xi), np.float64)
+    P = xi.shape[0]
+    jv = jax.vmap(lambda xp: jax.jvp(fn, (x,), (xp,))[1])(xi)
+    variants = [
+        ("a sum over the probes instead of their mean: the estimate would grow with the number "
+         "of probes", P * want),
+        ("only the first probe is used; the estimate averages over all of them",
+         np.asarray(jnp.sum(xi[0] * jv[0], axis=-1))),
+        ("this is xi . fn(x), the function's values projected on the probes: the estimator needs "
+         "the Jacobian (a Jacobian-vector product)",
+         np.asarray(jnp.mean(jnp.sum(xi * fn(x)[None], -1), 0))),
+        ("this is the squared norm of J xi, not the quadratic form xi . (J xi)",
+         np.asarray(jnp.mean(jnp.sum(jv**2, -1), 0))),
+    ]
+    if P == 1:
+        variants = variants[2:]  # a sum and the first probe equal the mean for one probe
+    return _name_variant(arr, variants, 1e-4, 1e-5)
 
 
 @exercise(
     "hutchinson_trace",
     chapter=4,
-    hint="Eq. (eq-hutchinson): for each probe, the quadratic form of the Jacobian in that probe, "
-    "averaged over the probes; never build the Jacobian.",
-    hint2="jax.jvp(fn, (x,), (v_p,)) gives the Jacobian times the probe v_p for the whole batch at "
-    "once; dot it with v_p over each sample's coordinates (not over the batch), then average over p.",
-    blocked=("companion.divergence:hutchinson_divergence",),
+    hint="Skilling and Hutchinson's trace estimator (chapter 4, sliced score matching): for each "
+    "probe, the quadratic form of the Jacobian in that probe, then one estimate per sample; never "
+    "build the Jacobian.",
+    hint2="The box before the exercises shows jax.jvp on a whole batch and jax.vmap over a leading "
+    "axis. Dot each Jacobian-vector product with its own probe over each sample's coordinates "
+    "(not over the batch), then combine the probes so that the estimate does not depend on how "
+    "many there are.",
+    blocked=("companion.divergence:hutchinson_divergence", "companion.divergence:exact_divergence"),
     reference=_hutchinson_trace,
 )
 def _test_hutchinson_trace(fn):
@@ -128,165 +121,256 @@ def _test_hutchinson_trace(fn):
         return x @ A.T
 
     labels, args = [], []
-    for label, f, P in (("a nonlinear function, 1 probe", nonlinear, 1),
-                        ("a nonlinear function, 5 probes", nonlinear, 5),
+    for label, f, P in (("a nonlinear function, 5 probes", nonlinear, 5),
+                        ("a nonlinear function, 1 probe", nonlinear, 1),
                         ("a linear function, 4 probes", linear, 4)):
         x = _f32(rng.normal(size=(7, 3)))
-        v = _f32(rng.choice([-1.0, 1.0], size=(P, 7, 3)))
+        xi = _f32(rng.choice([-1.0, 1.0], size=(P, 7, 3)))
         labels.append(label)
-        args.append((f, x, v))
-    # with many Gaussian probes the estimate must approach the exact trace
-    x = _f32(rng.normal(size=(2, 3)))
-    v = _f32(rng.normal(size=(4000, 2, 3)))
+        args.append((f, x, xi))
     gots = call_compiled_each(fn, args)
-    for label, got, want in zip(labels, gots, call_compiled_each(_hutchinson_trace, args)):
-        arr = as_array(got, f"hutchinson_trace ({label})")
+    for label, got, want, (f, x, xi) in zip(labels, gots, call_compiled_each(_hutchinson_trace, args), args):
+        what = f"hutchinson_trace ({label})"
+        arr = as_array(got, what)
         if arr.shape != want.shape:
-            raise Mismatch(f"hutchinson_trace ({label}): expected one estimate per sample, shape {want.shape}, got {arr.shape}")
-        expect_close(got, want, what=f"hutchinson_trace ({label})", rtol=1e-4, atol=1e-5)
-    # called as it is: traced, a Python loop over the 4000 probes (a right answer) would
-    # unroll into a program that takes minutes to compile
-    got = as_array(fn(nonlinear, x, v), "hutchinson_trace (4000 Gaussian probes)")
-    jacobians = jax.jit(jax.vmap(jax.jacfwd(lambda xi: nonlinear(xi[None])[0])))(x)
+            raise Mismatch(f"{what}: expected one estimate per sample, shape {want.shape}, got {arr.shape}")
+        expect_close(got, want, what=what, rtol=1e-4, atol=1e-5,
+                     diagnose=lambda a, f=f, x=x, xi=xi: _diagnose_hutchinson(a, f, x, xi))
+    # With many Gaussian probes the estimate must approach the exact trace. Called as it
+    # is: traced, a Python loop over the 4000 probes (a right answer) would unroll into a
+    # program that takes minutes to compile.
+    x = _f32(rng.normal(size=(2, 3)))
+    xi = _f32(rng.normal(size=(4000, 2, 3)))
+    got = as_array(fn(nonlinear, x, xi), "hutchinson_trace (4000 Gaussian probes)")
+    jacobians = jax.jit(jax.vmap(jax.jacfwd(lambda xi_: nonlinear(xi_[None])[0])))(x)
     exact = np.trace(np.asarray(jacobians, np.float64), axis1=1, axis2=2)
     if got.shape != exact.shape or np.max(np.abs(got - exact)) > 0.3:  # ~6 standard errors
         raise Mismatch("hutchinson_trace: with 4000 Gaussian probes the average is far from the trace "
                        "of the Jacobian (is it an unbiased estimator?)")
 
 
-# ----------------------------------------------------------------------------- langevin_step
+# ----------------------------------------------------------------------------- dsm_loss
+
+
+def _dsm_variants(noise_fn, sde, weight, x0, t, z):
+    """The reference and the known wrong answers, each ``(n,)``."""
+    a, b, lam = sde.mean_coefficient(t), sde.kernel_std(t), weight(t)
+    xt = _column(a, x0) * x0 + _column(b, x0) * z
+    err = _per_sample_sum((noise_fn(xt, t) - z) ** 2) / 2
+    d = int(np.prod(x0.shape[1:]))
+    return {
+        "right": lam / b**2 * err,
+        "no b2": lam * err,
+        "over b": lam / b * err,
+        "mean": lam / b**2 * err / d,
+        "sign": lam / b**2 * _per_sample_sum((noise_fn(xt, t) + z) ** 2) / 2,
+        "no a": lam / b**2 * _per_sample_sum((noise_fn(x0 + _column(b, x0) * z, t) - z) ** 2) / 2,
+        "no half": lam / b**2 * err * 2,
+    }
+
+
+def _dsm_loss(noise_fn, sde, weight, x0, t, z):
+    """Reference: lambda(t) / b(t)^2 || zhat(x_t, t) - z ||^2 / 2 with x_t = a(t) x0 + b(t) z,
+    the squared error summed over every coordinate of a sample."""
+    a, b = sde.mean_coefficient(t), sde.kernel_std(t)
+    xt = _column(a, x0) * x0 + _column(b, x0) * z
+    sq = (noise_fn(xt, t) - z) ** 2
+    return weight(t) / b**2 * jnp.sum(sq.reshape(sq.shape[0], -1), axis=1) / 2
+
+
+_DSM_MESSAGES = {
+    "no b2": "the weighting lambda(t) is used as it is, with no division by b(t)^2: write the loss "
+             "for the score network first, then substitute s_theta = -zhat / b(t)",
+    "over b": "divided by b(t) where the substitution gives b(t)^2",
+    "mean": "a mean over each sample's coordinates; the loss sums the squared error over them",
+    "sign": "the residual has the wrong sign: the network predicts the noise z that was added",
+    "no a": "x_t is built without the mean coefficient a(t) of the kernel",
+    "no half": "twice the loss: the factor 1/2 is missing",
+}
+
+
+def _diagnose_dsm(arr, case):
+    variants = {k: np.asarray(v, np.float64) for k, v in _dsm_variants(*case).items()}
+    right = variants.pop("right")
+    named = [(_DSM_MESSAGES[k], v) for k, v in variants.items() if not is_close(v, right, 1e-4, 1e-5)]
+    return _name_variant(arr, named, 1e-4, 1e-5)
+
+
+def _dsm_cases():
+    rng = _rng()
+    A = _f32(rng.normal(size=(2, 2)))
+    C = _f32(rng.normal(size=(3, 3)) / 2)
+
+    def noise_2d(x, t):  # mixes a sample's coordinates, depends on t
+        return jnp.tanh(x @ A.T) * (1.0 + _column(t, x)) + 0.1 * x
+
+    def noise_3d(x, t):
+        return jnp.sin(x @ C) - 0.2 * _column(t, x) * x
+
+    def noise_images(x, t):  # (n, 2, 3): across one image's pixels
+        return jnp.tanh(x + jnp.roll(x, 1, axis=2)) * (0.5 + _column(t, x))
+
+    vp, ve, sub = sdes.VP(), sdes.VE(), sdes.SubVP()
+    cases = []
+    for label, sde, weight, noise, shape in (
+            ("VP SDE, lambda = b(t)^2, d = 2", vp, lambda t: vp.kernel_std(t) ** 2, noise_2d, (6, 2)),
+            ("VP SDE, lambda = g(t)^2, d = 3", vp, lambda t: vp.diffusion(t) ** 2, noise_3d, (5, 3)),
+            ("VE SDE, lambda = 1, d = 2", ve, lambda t: jnp.ones_like(t), noise_2d, (4, 2)),
+            ("sub-VP SDE, lambda = 1 + t, samples of shape (2, 3)", sub, lambda t: 1.0 + t,
+             noise_images, (5, 2, 3)),
+            ("VP SDE, lambda = b(t)^2, a batch of one", vp, lambda t: vp.kernel_std(t) ** 2,
+             noise_3d, (1, 3))):
+        x0 = _f32(rng.normal(size=shape) * 2)
+        t = _f32(rng.uniform(0.05, 1.0, size=shape[0]))
+        z = _f32(rng.normal(size=shape))
+        cases.append((label, (noise, sde, weight, x0, t, z)))
+    return cases
 
 
 @exercise(
-    "langevin_step",
+    "dsm_loss",
     chapter=4,
-    hint="Eq. (eq-langevin): a gradient-ascent move on log p plus noise; the noise's size is tied to "
-    "the step size (how does a Brownian increment scale?).",
-    hint2="The deterministic move is step_size times the score at x; the noise is z scaled so that "
-    "its variance is twice the step size.",
-    reference=_langevin_step,
+    hint="The denoising score-matching loss of chapter 4 is written for a score network s_theta. "
+    "The noise-prediction parametrisation says how s_theta and zhat are related; substitute it "
+    "and simplify. One number per sample.",
+    hint2="x_t comes from the kernel of chapter 2 with the given z. After the substitution the "
+    "target of zhat is z itself, and the weighting in front of the squared error is no longer "
+    "lambda(t) alone: see what the factor b(t) inside the norm becomes outside it. Sum the "
+    "squared error over every coordinate of a sample, whatever its shape.",
+    blocked=("companion.losses:denoising_score_matching",),
+    reference=_dsm_loss,
 )
-def _test_langevin_step(fn):
+def _test_dsm_loss(fn):
+    cases = _dsm_cases()
+    args = [case for _, case in cases]
+    wants = call_compiled_each(_dsm_loss, args)
+    for (label, case), got, want in zip(cases, call_compiled_each(fn, args), wants):
+        what = f"dsm_loss ({label})"
+        arr = as_array(got, what)
+        if arr.shape != want.shape:
+            raise Mismatch(f"{what}: expected one loss per sample, shape {want.shape}, got {arr.shape}")
+        expect_close(got, want, what=what, rtol=1e-4, atol=1e-5,
+                     diagnose=lambda a, case=case: _diagnose_dsm(a, case))
+
+
+# ------------------------------------------------------------------ preconditioned_langevin
+
+
+def _preconditioned_langevin(score_fn, x, z, step_size, M):
+    """Reference: x + delta M score(x) + sqrt(2 delta) L z with L L^T = M (Cholesky)."""
+    L = jnp.linalg.cholesky(M)
+    return x + step_size * score_fn(x) @ M.T + jnp.sqrt(2 * step_size) * z @ L.T
+
+
+def _langevin_cases():
     rng = _rng()
-    mu = _f32([1.0, -2.0])
+    out = []
+    for label, d, n, step, kind in (("d = 2, a full M", 2, 5, 0.1, "full"),
+                                    ("d = 3, a diagonal M", 3, 4, 0.05, "diag"),
+                                    ("d = 3, a full M, step 0.3", 3, 6, 0.3, "full"),
+                                    ("d = 1, a batch of one", 1, 1, 0.2, "full")):
+        if kind == "diag":
+            M = np.diag(rng.uniform(0.2, 3.0, size=d))
+        else:
+            B = rng.normal(size=(d, d))
+            M = B @ B.T / d + 0.3 * np.eye(d)
+        mu = rng.normal(size=d)
+        P = rng.normal(size=(d, d))
+        P = P @ P.T / d + np.eye(d)  # the precision of a Gaussian: score -(x - mu) P
 
-    def score(x):  # the score of N(mu, 0.5^2 I)
-        return -(x - mu) / 0.25
+        mu, P = _f32(mu), _f32(P)
 
-    for step in (0.01, 0.1, 0.003):
-        x = _f32(rng.normal(size=(8, 2)) * 2)
-        z = _f32(rng.normal(size=(8, 2)))
-        got = fn(score, x, z, step)
-        expect_close(got, _langevin_step(score, x, z, step), what=f"langevin_step (step_size={step})",
-                     rtol=1e-4, atol=1e-5)
-    x = _f32(rng.normal(size=(4, 2)))
-    if np.allclose(np.asarray(fn(score, x, jnp.zeros_like(x), 0.1), np.float64),
-                   np.asarray(fn(score, x, jnp.ones_like(x), 0.1), np.float64)):
-        raise Mismatch("langevin_step: the result does not depend on the noise z")
+        def score(x, mu=mu, P=P):
+            return -(x - mu) @ P.T + 0.1 * jnp.sin(x)
+
+        x = _f32(rng.normal(size=(n, d)) * 2)
+        out.append((f"{label}, {n} samples", score, x, step, _f32(M)))
+    return out
+
+
+def _z_probes(x):
+    """The noises a step is called with: z = 0, each basis vector e_j, and a random z."""
+    zeros = jnp.zeros_like(x)
+    basis = [zeros.at[:, j].set(1.0) for j in range(x.shape[1])]
+    z = jnp.asarray(np.random.default_rng(7).normal(size=x.shape), x.dtype)
+    return [zeros, *basis, z]
+
+
+def _affine_in_z(outs, x):
+    """The reader's step as mean + C z, from its outputs at :func:`_z_probes`: (mean (n, d),
+    C (n, d, d)), and the check that it is affine in z (the random z)."""
+    d = x.shape[1]
+    outs = [as_array(o, "preconditioned_langevin") for o in outs]
+    mean = outs[0]
+    if mean.shape != x.shape:
+        raise Mismatch(f"preconditioned_langevin: expected the new points, shape {x.shape}, got {mean.shape}")
+    C = np.stack([o - mean for o in outs[1:d + 1]], axis=-1)  # column j: the response to e_j
+    z = np.asarray(_z_probes(x)[-1], np.float64)
+    if not np.allclose(outs[-1], mean + np.einsum("nij,nj->ni", C, z), rtol=1e-4, atol=1e-4):
+        raise Mismatch("preconditioned_langevin: the new point is not the old one plus a fixed "
+                       "linear map of the noise z (one step draws no noise of its own)")
+    return mean, C
+
+
+def _diagnose_noise(cov, step, M):
+    M = np.asarray(M, np.float64)
+    d = M.shape[0]
+    variants = [
+        ("the noise has half the covariance it needs: sqrt(step) instead of sqrt(2 step) in front "
+         "of the preconditioned noise", step * M),
+        ("the noise is scaled by M itself, not by a square root of M: its covariance is M^2, not "
+         "M", 2 * step * M @ M),
+        ("the noise is not preconditioned: with the drift step M score, the noise must change "
+         "with M too", 2 * step * np.eye(d)),
+        ("the noise uses M^-1 where the drift uses M", 2 * step * np.linalg.inv(M)),
+    ]
+    return next((m for m, v in variants if np.allclose(cov, v, rtol=1e-3, atol=1e-6)), None)
+
+
+def _diagnose_mean(arr, score, x, step, M):
+    s = np.asarray(score(x), np.float64)
+    x, M = np.asarray(x, np.float64), np.asarray(M, np.float64)
+    variants = [
+        ("the drift is not preconditioned: the move along the score is not multiplied by M",
+         x + step * s),
+        ("the drift uses M^-1; the step asked for moves by step_size M times the score",
+         x + step * s @ np.linalg.inv(M).T),
+        ("the drift goes down the density: the score term has the wrong sign", x - step * s @ M.T),
+    ]
+    return next((m for m, v in variants if np.allclose(arr, v, rtol=1e-4, atol=1e-4)), None)
+
+
+@exercise(
+    "preconditioned_langevin",
+    chapter=4,
+    hint="Chapter 3 showed that Langevin dynamics leaves p in place by writing its Fokker-Planck "
+    "equation. Do the same with the drift M times the score and a noise of unknown covariance: "
+    "which covariance makes the right-hand side vanish at p? Then discretise as the chapter does.",
+    hint2="With drift M grad log p and noise sqrt(2) S dw, the diffusion term of Fokker-Planck is "
+    "div(S S^T grad rho). Choose S S^T so that at rho = p it cancels the drift term (use "
+    "p grad log p = grad p). One Euler-Maruyama step of size step_size then needs a matrix "
+    "square root of that covariance (any: Cholesky is one).",
+    reference=_preconditioned_langevin,
+)
+def _test_preconditioned_langevin(fn):
+    cases = _langevin_cases()
+    calls = [(score, x, z, step, M) for _, score, x, step, M in cases for z in _z_probes(x)]
+    outs = iter(call_compiled_each(fn, calls))  # every call of every case: one program
+    for label, score, x, step, M in cases:
+        what = f"preconditioned_langevin ({label})"
+        mean, C = _affine_in_z([next(outs) for _ in range(x.shape[1] + 2)], x)
+        want_mean = np.asarray(x + step * score(x) @ M.T, np.float64)
+        expect_close(mean, want_mean, what=what + ", the move with z = 0", rtol=1e-4, atol=1e-4,
+                     diagnose=lambda a, score=score, x=x, step=step, M=M: _diagnose_mean(a, score, x, step, M))
+        # any square root of the covariance is right: compare C C^T, per sample
+        cov = np.einsum("nij,nkj->nik", C, C)
+        want_cov = np.broadcast_to(2 * step * np.asarray(M, np.float64), cov.shape)
+        expect_close(cov, want_cov, what=what + ", the covariance of the noise term", rtol=1e-3,
+                     atol=1e-6, diagnose=lambda c, step=step, M=M: _diagnose_noise(c[0], step, M))
 
 
 # ---------------------------------------------------------------------------- dsm_minimum
+# The chapter's last exercise has its own module, imported here so that it registers after
+# the others and exercises.names() keeps the book's order.
 
-
-class _KernelOnlySDE:
-    """An SDE that offers only its perturbation kernel, ``marginal(x0, t) -> (mean, std)``,
-    from two functions m(t) and s(t) (one of the course's SDEs, or one made up)."""
-
-    __slots__ = ("__m", "__s")
-
-    def __init__(self, m, s):
-        self.__m, self.__s = m, s
-
-    def marginal(self, x0, t):
-        x0, t = jnp.asarray(x0), jnp.asarray(t)
-        m, s = self.__m(t), self.__s(t)
-        if t.ndim == 1 and x0.ndim >= 1:
-            m = m.reshape((-1,) + (1,) * (x0.ndim - 1))
-        return m * x0, s
-
-    def __repr__(self):
-        return "an SDE with only marginal(x0, t) -> (mean, std)"
-
-
-def _from(sde):
-    return _KernelOnlySDE(sde.mean_coefficient, sde.kernel_std)
-
-
-def _dsm_minimum(sde, t, data_var, d):
-    """Reference: d/2 m^2 c / (m^2 c + s^2), c = data_var (the optimum score is that of
-    p_t = N(0, (m^2 c + s^2) I); what remains is the noise the score cannot predict)."""
-    mean, std = sde.marginal(jnp.ones(()), t)
-    m2c = np.float64(mean) ** 2 * np.float64(data_var)
-    return 0.5 * d * m2c / (m2c + np.float64(std) ** 2)
-
-
-def _minimum_cases():
-    vp, ve = sdes.VP(beta_min=0.1, beta_max=20.0), sdes.VE(sigma_min=0.01, sigma_max=50.0)
-    sub = sdes.SubVP(beta_min=0.1, beta_max=20.0)
-    made_up = _KernelOnlySDE(lambda t: jnp.cos(t), lambda t: 0.3 + jnp.sin(t))
-    return [
-        ("VP, t = 0.3, d = 1, data N(0, 1)", _from(vp), 0.3, 1.0, 1),
-        ("VE, t = 0.5, d = 2, data N(0, 0.25 I)", _from(ve), 0.5, 0.25, 2),
-        ("sub-VP, t = 0.05, d = 64, data N(0, 2 I)", _from(sub), 0.05, 2.0, 64),
-        ("m(t) = cos t, s(t) = 0.3 + sin t, t = 0.7, d = 3, data N(0, 0.5 I)",
-         made_up, 0.7, 0.5, 3),
-        ("VP, t = 1e-4 given as float32, d = 5, data N(0, 4 I)", _from(vp),
-         jnp.float32(1e-4), 4.0, 5),
-        ("VE, t = 1.0, d = 784, data N(0, I)", _from(ve), 1.0, 1.0, 784),
-    ]
-
-
-# A closed form evaluated in float32 or float64: rtol 1e-4 covers float32 round-off and
-# rejects a Monte Carlo estimate (even 10^6 samples leave ~1e-3 relative error) and every
-# wrong answer below (off by factors, or by m(t)^2 where m(t) != 1). A right answer may
-# also be written as d/2 minus the explained part, which cancels in float32: an absolute
-# error of a few float32 roundings of d/2, hence atol = 2e-6 d.
-_MIN_RTOL = 1e-4
-
-
-def _test_dsm_minimum_impl(fn):
-    for label, sde, t, c, d in _minimum_cases():
-        want = _dsm_minimum(sde, t, c, d)
-        what = f"case '{label}'"
-        arr = as_array(fn(sde, t, c, d), what)
-        if arr.shape != ():
-            raise Mismatch(f"{what}: expected a single number (shape ()), got shape {arr.shape}")
-        atol = 2e-6 * d
-        if np.isfinite(arr) and not np.isclose(arr, want, rtol=_MIN_RTOL, atol=atol):
-            got = float(arr)
-            if got == 0.0:
-                raise Mismatch(f"{what}: zero, but the loss cannot reach zero even with the "
-                               "exact score")
-            if np.isclose(got, 0.5 * d, rtol=_MIN_RTOL):
-                raise Mismatch(f"{what}: this is the loss of the zero score function, not the "
-                               "minimum over all score functions")
-            ratio = got / want
-            if np.isclose(ratio, 2.0, rtol=1e-3) or np.isclose(ratio, 0.5, rtol=1e-3):
-                raise Mismatch(f"{what}: off by a factor close to {ratio:.2g}")
-            if np.isclose(ratio, d, rtol=1e-3) or np.isclose(ratio, 1 / d, rtol=1e-3):
-                raise Mismatch(f"{what}: off by a factor d (the dimension)")
-            raise Mismatch(f"{what}: {ratio:.3g} times the right value")
-        expect_close(arr, want, what=what, rtol=_MIN_RTOL, atol=atol)
-
-
-@exercise(
-    "dsm_minimum",
-    chapter=4,
-    hint=(
-        "Which score function minimises the loss of Eq. (eq-dsm) at a fixed t? Put it in; "
-        "what is left is the part of the target z / s that no function of x_t can "
-        "predict. For Gaussian data p_t is Gaussian (chapter 2)."
-    ),
-    hint2=(
-        "Expand the square: with the optimal score, the minimum is E||z||^2 / 2 minus "
-        "s^2 E||score of p_t||^2 / 2. p_t is N(0, (m^2 data_var + s^2) I_d), and "
-        "sde.marginal gives m and s at t. The answer depends on d."
-    ),
-    blocked=(
-        "companion.losses:denoising_score_matching",
-        "companion.losses:fisher_divergence",
-    ),
-    reference=_dsm_minimum,
-)
-def _test_dsm_minimum(fn):
-    _test_dsm_minimum_impl(fn)
+from companion.exercises import score_floor  # noqa: F401

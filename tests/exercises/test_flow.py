@@ -18,25 +18,63 @@ def check(name, fn):
 # ------------------------------------------------------------------------------ pf_drift
 
 
-def pf_right(sde, score_fn, x, t):
-    return sde.probability_flow_drift(score_fn, x, t)
+def message(name, fn, capsys):
+    capsys.readouterr()
+    assert not exercises.check(name, fn)
+    return capsys.readouterr().out
 
 
-def pf_right_by_hand(sde, score_fn, x, t):
+def _tweedie_score(sde, denoiser, x, t):
+    a, b = sde.mean_coefficient(t)[:, None], sde.kernel_std(t)[:, None]
+    return (a * denoiser(x, t) - x) / b**2
+
+
+def pf_right_by_hand(sde, denoiser, x, t):
     g2 = sde.diffusion(t) ** 2
-    return sde.drift(x, t) - g2[:, None] * score_fn(x, t) / 2
+    return sde.drift(x, t) - g2[:, None] * _tweedie_score(sde, denoiser, x, t) / 2
+
+
+def pf_right_with_marginal(sde, denoiser, x, t):  # a, b through the kernel; f = A x by hand
+    a_x, b = sde.marginal(x, t)  # a(t) x
+    a = a_x / x
+    score = (a * denoiser(x, t) - x) / b[:, None] ** 2
+    return sde.drift(x, t) - 0.5 * sde.diffusion(t)[:, None] ** 2 * score
+
+
+def pf_companion(sde, denoiser, x, t):
+    return sde.probability_flow_drift(lambda y, tt: _tweedie_score(sde, denoiser, y, tt), x, t)
+
+
+def pf_companion_velocity(sde, denoiser, x, t):  # chapter 8's route, one level beside
+    from companion import losses, paths
+
+    velocity = losses.velocity_from_score(
+        paths.from_sde(sde), lambda y, tt: _tweedie_score(sde, denoiser, y, tt))
+    return velocity(x, t)
+
+
+def _pf(sde, denoiser, x, t, *, half=0.5, sign=1.0, with_a=True, power=2, with_f=True):
+    a = sde.mean_coefficient(t)[:, None] if with_a else 1.0
+    b = sde.kernel_std(t)[:, None]
+    score = (a * denoiser(x, t) - x) / b**power
+    f = sde.drift(x, t) if with_f else 0.0
+    return f - sign * half * sde.diffusion(t)[:, None] ** 2 * score
 
 
 PF_WRONG = {
-    "calls the companion (probability_flow_drift)": pf_right,
-    "reverse-SDE drift (no 1/2)": lambda sde, s, x, t: sde.reverse_drift(s, x, t),
-    "plus the score term": lambda sde, s, x, t: sde.drift(x, t) + 0.5 * sde.diffusion(t)[:, None] ** 2 * s(x, t),
-    "g instead of g^2": lambda sde, s, x, t: sde.drift(x, t) - 0.5 * sde.diffusion(t)[:, None] * s(x, t),
-    "no forward drift f": lambda sde, s, x, t: -0.5 * sde.diffusion(t)[:, None] ** 2 * s(x, t),
+    "calls the companion (probability_flow_drift)": pf_companion,
+    "calls the companion (velocity_from_score)": pf_companion_velocity,
+    "g^2 where 1/2 g^2 belongs": lambda *a: _pf(*a, half=1.0),
+    "flipped sign": lambda *a: _pf(*a, sign=-1.0),
+    "Tweedie without a(t)": lambda *a: _pf(*a, with_a=False),
+    "Tweedie over b, not b^2": lambda *a: _pf(*a, power=1),
+    "no forward drift f": lambda *a: _pf(*a, with_f=False),
+    "the denoiser as the score": lambda sde, dn, x, t: sde.drift(x, t) - 0.5 * sde.diffusion(t)[:, None] ** 2 * dn(x, t),
+    "g instead of g^2": lambda sde, dn, x, t: sde.drift(x, t) - 0.5 * sde.diffusion(t)[:, None] * _tweedie_score(sde, dn, x, t),
 }
 
 
-@pytest.mark.parametrize("fn", [pf_right_by_hand])
+@pytest.mark.parametrize("fn", [pf_right_by_hand, pf_right_with_marginal])
 def test_pf_drift_accepts_right_answers(fn):
     assert check("pf_drift", fn)
 
@@ -44,6 +82,20 @@ def test_pf_drift_accepts_right_answers(fn):
 @pytest.mark.parametrize("wrong", PF_WRONG.values(), ids=PF_WRONG.keys())
 def test_pf_drift_rejects_wrong_answers(wrong):
     assert not check("pf_drift", wrong)
+
+
+@pytest.mark.parametrize("wrong, words", [
+    ("g^2 where 1/2 g^2 belongs", "where the probability flow has half of it"),
+    ("flipped sign", "wrong sign"),
+    ("Tweedie without a(t)", "without the mean coefficient a(t)"),
+    ("Tweedie over b, not b^2", "divided by b(t), not b(t)^2"),
+    ("no forward drift f", "forward drift f(x, t) is missing"),
+    ("the denoiser as the score", "as if it were the score"),
+    ("calls the companion (probability_flow_drift)", "write it yourself"),
+    ("calls the companion (velocity_from_score)", "write it yourself"),
+])
+def test_pf_drift_names_the_mistake(wrong, words, capsys):
+    assert words in message("pf_drift", PF_WRONG[wrong], capsys)
 
 
 # ------------------------------------------------------------------------------ divergence
@@ -108,7 +160,24 @@ BPD_WRONG = {
     "bin-width term with the wrong sign": lambda lp, D, K, r: _bpd(lp, D, K, r, jac_sign=-1.0),
     "not divided by the dimension": lambda lp, D, K, r: _bpd(lp, D, K, r, per_dim=False),
     "log10": lambda lp, D, K, r: _bpd(lp, D, K, r, base=math.log(10)),
+    "one bin width, not n_dims of them": lambda lp, D, K, r: -(lp + math.log((r[1] - r[0]) / K)) / (
+        D * math.log(2)),
+    "log p, not -log p": lambda lp, D, K, r: -_bpd(lp, D, K, r),
 }
+
+
+@pytest.mark.parametrize("wrong, words", [
+    ("nats, not bits", "nats, not bits"),
+    ("not divided by the dimension", "number of dimensions is missing"),
+    ("no bin-width term", "volume is missing"),
+    ("bin-width term with the wrong sign", "volume enters with the wrong sign"),
+    ("one bin width, not n_dims of them", "one coordinate only"),
+    ("log p, not -log p", "is a cost"),
+    ("log10", "base 10"),
+    ("calls the companion (nats_to_bits_per_dim)", "write it yourself"),
+])
+def test_bits_per_dim_names_the_mistake(wrong, words, capsys):
+    assert words in message("bits_per_dim", BPD_WRONG[wrong], capsys)
 
 
 def test_bits_per_dim_accepts_right_answers():
@@ -178,6 +247,10 @@ def test_log_density_ode_accepts_right_answers(fn):
 @pytest.mark.parametrize("wrong", AUG_WRONG.values(), ids=AUG_WRONG.keys())
 def test_log_density_ode_rejects_wrong_answers(wrong):
     assert not check("log_density_ode", wrong)
+
+
+def test_divergence_and_log_density_refuse_the_companion(capsys):
+    assert "write it yourself" in message("divergence", exact_divergence, capsys)
 
 
 def test_log_density_ode_diagnoses(capsys):
