@@ -14,7 +14,9 @@ One module per idea, each with its chapter:
 - ``conditional``: classifier and classifier-free guidance, imputation (chapter 6);
 - ``metrics``: sample distances and the mixture statistics with power;
 - ``paths``: Gaussian probability paths for flow matching (chapter 8);
+- ``consistency``: consistency models, distillation and few-step sampling (chapter 9);
 - ``data``: the 8x8 digits and MNIST, dequantisation, discrete baselines (chapter 7);
+- ``autoregressive``: the linear autoregressive baseline of the digits (chapter 7);
 - ``plotting``: the figures of the chapters;
 - ``train_digits``, ``train_flows``: the scripts that made the shipped checkpoints
   (chapters 7 and 8);
