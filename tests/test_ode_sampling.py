@@ -316,3 +316,67 @@ def test_samplers_pass_one_scalar_time_per_evaluation(sampler):
     kw = {} if sampler is ode_sampling.probability_flow else {"n_steps": 4}
     sampler(_BY_NAME["VP"], score, jax.random.key(0), (8, 2), **kw)
     assert shapes == {()}
+
+
+# --------------------------------------------------------------------------- flow_map (chapter 9)
+
+
+def _gaussian_flow(sde, mu, cov, x, t, t_to):
+    """The exact flow map of Gaussian data N(mu, cov): the marginal at t is
+    N(a mu, a^2 cov + b^2 I), whose covariances share cov's eigenvectors U, and the flow
+    is affine, Phi(x) = a' mu + U diag(sqrt((a'^2 l + b'^2) / (a^2 l + b^2))) U^T (x - a mu)."""
+    lam, U = np.linalg.eigh(np.asarray(cov, np.float64))
+    t = np.broadcast_to(np.asarray(t, np.float64), x.shape[:1])
+    a, b = (np.asarray(f(t), np.float64)[:, None] for f in (sde.mean_coefficient, sde.kernel_std))
+    a2, b2 = (np.asarray(f(jnp.asarray(t_to)), np.float64) for f in (sde.mean_coefficient, sde.kernel_std))
+    ratio = np.sqrt((a2**2 * lam + b2**2) / (a**2 * lam + b**2))  # (n, d)
+    return a2 * mu + ((np.asarray(x, np.float64) - a * mu) @ U * ratio) @ U.T
+
+
+@pytest.mark.parametrize("sde", SDES, ids=IDS)
+def test_flow_map_is_the_exact_transport_of_a_gaussian(sde):
+    mu = np.array([1.0, -0.5])
+    chol = np.array([[0.8, 0.0], [0.3, 0.4]])
+    cov = chol @ chol.T
+    score = toy.exact_score(toy.GaussianMixture(mu[None], cov[None], [1.0]), sde)
+    x = 2.0 * jax.random.normal(jax.random.key(1), (6, 2))
+    t = jnp.array([0.9, 0.5, 0.2, 0.05, 0.7, 1e-3])  # per sample, the last at the target
+    for t_to in (1e-3, 0.3):  # backwards (and forwards for the early ones)
+        got = ode_sampling.flow_map(sde, score, x, t, t_to, rtol=1e-6, atol=1e-6)
+        want = _gaussian_flow(sde, mu, cov, x, t, t_to)
+        # float32 solve at tolerance 1e-6, points of size ~ 2 (VE: ~50 at T)
+        scale = np.abs(want).max(axis=1, keepdims=True) + 1.0
+        np.testing.assert_array_less(np.abs(np.asarray(got) - want) / scale, 2e-4)
+    # t == t_to is the identity
+    np.testing.assert_allclose(ode_sampling.flow_map(sde, score, x, 0.4, 0.4), x, atol=1e-6)
+
+
+def test_flow_map_inverts_encode_and_goes_both_ways():
+    vp, mix = _BY_NAME["VP"], toy.four_gaussians_2d()
+    score = toy.exact_score(mix, vp)
+    x = mix.sample(jax.random.key(2), 16)
+    codes = ode_sampling.encode(vp, score, x, eps=1e-3)
+    np.testing.assert_allclose(ode_sampling.flow_map(vp, score, x, 1e-3, 1.0), codes, atol=1e-5)
+    back = ode_sampling.flow_map(vp, score, codes, 1.0, 1e-3)
+    np.testing.assert_allclose(back, x, atol=2e-3)  # a round trip at tolerance 1e-5 (chapter 5)
+    # per-sample times; a wrong-direction map (forwards twice) is far from the identity
+    t = jnp.linspace(0.05, 0.95, 16)
+    xt = ode_sampling.flow_map(vp, score, x, 1e-3, t)
+    np.testing.assert_allclose(ode_sampling.flow_map(vp, score, xt, t, 1e-3), x, atol=2e-3)
+    assert np.abs(np.asarray(ode_sampling.flow_map(vp, score, xt, t, 1.0)) - np.asarray(x)).max() > 0.5
+
+
+def test_flow_map_under_jit_and_bad_input():
+    vp = _BY_NAME["VP"]
+    score = lambda x, t: -x  # noqa: E731
+    x = jnp.ones((3, 2))
+    f = jax.jit(lambda x, t: ode_sampling.flow_map(vp, score, x, t, 0.1))
+    np.testing.assert_allclose(f(x, jnp.full((3,), 0.5)), ode_sampling.flow_map(vp, score, x, 0.5, 0.1), rtol=1e-6)
+    with pytest.raises(ValueError, match="t_to"):
+        ode_sampling.flow_map(vp, score, x, 0.5, 1.5)
+    with pytest.raises(ValueError, match="^t:"):
+        ode_sampling.flow_map(vp, score, x, jnp.zeros(3), 0.5)
+    with pytest.raises(ValueError, match="^t:"):
+        ode_sampling.flow_map(vp, score, x, jnp.full((4,), 0.5), 0.5)
+    with pytest.raises(ValueError, match="x"):
+        ode_sampling.flow_map(vp, score, jnp.ones(3), 0.5, 0.1)
