@@ -1,6 +1,6 @@
 """Samplers of the probability flow ODE, and the encoder and decoder it defines (chapter 5).
 
-The probability flow dx/dt = f - g^2 s / 2 (Eq. eq-pf-ode) has the marginals p_t of the
+The probability flow dx/dt = f - g^2 score / 2 (chapter 5) has the marginals p_t of the
 forward SDE and no noise: from a prior sample at T it runs to a sample at ``eps``, and a
 data point at ``eps`` runs forward to its latent code at T. Every sampler here starts
 from the prior of a :class:`companion.sde.LinearSDE`, uses a score function
@@ -23,15 +23,16 @@ every number of steps) calling a step ``step(sde, score_fn, state, t, t_next) ->
 from t_k down to t_{k+1}. Euler runs on the uniform grid in t of
 :func:`companion.sampling.uniform_grid`; Heun and DPM-Solver on :func:`noise_level_grid`.
 
-**The change of variables** (Karras et al. 2022). With the noise level
-sigma(t) = s(t) / m(t) and xhat = x / m(t), the flow of any linear SDE becomes
+**The change of variables** (Karras et al. 2022). With the noise-to-signal ratio
+nu(t) = b(t) / a(t) (``sigma`` in the code, EDM's sigma) and xhat = x / a(t) (the
+book's x tilde), the flow of any linear SDE becomes
 
-    d xhat / d sigma = -sigma m(t) score(m(t) xhat, t) = (xhat - D(xhat, sigma)) / sigma,
+    d xhat / d nu = -nu a(t) score(a(t) xhat, t) = (xhat - D(xhat, nu)) / nu,
 
-(Eq. eq-pf-ode-sigma, chapter 5), where D(xhat, sigma) = xhat + sigma^2 m score is
-Tweedie's :func:`denoiser`, the posterior mean of the data given the noisy point. Its
-solutions are nearly straight in sigma, and the part xhat / sigma is linear and can be
-integrated exactly: the two ideas behind :func:`heun` and :func:`dpm_solver`.
+(the probability flow in nu, chapter 5), where D(xhat, nu) = xhat + nu^2 a score is
+Tweedie's :func:`denoiser` (chapter 4), the posterior mean of the data given the noisy
+point. Its solutions are nearly straight in nu, and the part xhat / nu is linear and can
+be integrated exactly: the two ideas behind :func:`heun` and :func:`dpm_solver`.
 
 Models are traced state, as in :mod:`companion.sampling`: one compiled sampler serves
 every model of one architecture.
@@ -97,8 +98,8 @@ def _solve_flow(sde, score_fn, key, shape, rtol, atol, eps, solver, max_steps):
 def probability_flow(sde: LinearSDE, score_fn: ScoreFn, key: jax.Array, shape: tuple[int, ...], rtol: float = 1e-5,
                      atol: float = 1e-5, eps: float = DEFAULT_EPS, solver: Solver = diffrax.Tsit5(),
                      max_steps: int = 16_384) -> tuple[jax.Array, int]:
-    """Samples by solving the probability flow ODE dx/dt = f - g^2 s / 2 from T to ``eps``
-    (Eq. eq-pf-ode, chapter 5) with a diffrax Runge-Kutta ``solver`` and an adaptive
+    """Samples by solving the probability flow ODE dx/dt = f - g^2 score / 2 from T to ``eps``
+    (chapter 5) with a diffrax Runge-Kutta ``solver`` and an adaptive
     ``PIDController(rtol, atol)``; the state is the whole batch, so all samples share the
     steps. The only randomness is the draw from the prior.
 
@@ -128,7 +129,7 @@ def _flow(sde, score_fn, x, forward, eps, rtol, atol, solver, max_steps):
 def encode(sde: LinearSDE, score_fn: ScoreFn, x: jax.Array, *, eps: float = DEFAULT_EPS, rtol: float = 1e-5,
            atol: float = 1e-5, solver: Solver = diffrax.Tsit5(), max_steps: int = 8192) -> jax.Array:
     """The latent codes of ``x`` ``(n, *dims)``, points at time ``eps``: the probability
-    flow ODE (Eq. eq-pf-ode, chapter 5) run forwards from ``eps`` to T, shape ``(n, *dims)``.
+    flow ODE (chapter 5) run forwards from ``eps`` to T, shape ``(n, *dims)``.
 
     Each sample is solved on its own (``vmap``) with its own adaptive steps
     (``PIDController(rtol, atol)``), so a code does not depend on the rest of the batch.
@@ -140,7 +141,7 @@ def encode(sde: LinearSDE, score_fn: ScoreFn, x: jax.Array, *, eps: float = DEFA
 def decode(sde: LinearSDE, score_fn: ScoreFn, z: jax.Array, *, eps: float = DEFAULT_EPS, rtol: float = 1e-5,
            atol: float = 1e-5, solver: Solver = diffrax.Tsit5(), max_steps: int = 8192) -> jax.Array:
     """The points at time ``eps`` whose codes are ``z`` ``(n, *dims)``: the probability flow
-    ODE (Eq. eq-pf-ode, chapter 5) run backwards from T to ``eps``, each sample with its
+    ODE (chapter 5) run backwards from T to ``eps``, each sample with its
     own adaptive steps, as in :func:`encode`. Shape ``(n, *dims)``. Decoding prior
     samples is sampling (:func:`probability_flow` solves the batch jointly instead)."""
     return _flow(sde, score_fn, z, False, eps, rtol, atol, solver, max_steps)
@@ -150,7 +151,7 @@ def decode(sde: LinearSDE, score_fn: ScoreFn, z: jax.Array, *, eps: float = DEFA
 
 
 def noise_level(sde: LinearSDE, t: Any) -> jax.Array:
-    """sigma(t) = s(t) / m(t), the noise-to-signal ratio of the kernel (Eq. eq-pf-ode-sigma),
+    """nu(t) = b(t) / a(t), the noise-to-signal ratio of the kernel (EDM's sigma; chapter 5),
     shaped like ``t``."""
     return sde.kernel_std(t) / sde.mean_coefficient(t)
 
@@ -200,7 +201,7 @@ def noise_level_grid(sde: LinearSDE, n_steps: int, eps: float = DEFAULT_EPS, spa
 
     ``spacing="logsnr"``: sigma(t_k) equally spaced in log sigma (equal steps of the log
     signal-to-noise ratio, as DPM-Solver uses). ``spacing="karras"``: equally spaced in
-    sigma^(1/rho) (Karras et al. 2022, Eq. eq-karras-grid, chapter 5); ``rho -> infinity``
+    sigma^(1/rho) (Karras et al. 2022; the Karras grid of chapter 5); ``rho -> infinity``
     gives "logsnr". Both crowd the steps at small sigma, where the data's structure
     appears. ``spacing="time"``: the uniform grid in t of
     :func:`companion.sampling.uniform_grid`, with both ends exact.
@@ -216,9 +217,9 @@ def noise_level_grid(sde: LinearSDE, n_steps: int, eps: float = DEFAULT_EPS, spa
 
 
 def denoiser(sde: LinearSDE, score_fn: ScoreFn, xhat: jax.Array, t: jax.Array) -> jax.Array:
-    """Tweedie's denoiser D(xhat, sigma(t)) = xhat + sigma(t)^2 m(t) score(m(t) xhat, t)
-    (Eq. eq-pf-ode-sigma, chapter 5): the posterior mean of the data given the scaled
-    noisy point ``xhat = x / m(t)`` ``(n, *dims)`` at the scalar time ``t``; shaped like
+    """Tweedie's denoiser D(xhat, nu(t)) = xhat + nu(t)^2 a(t) score(a(t) xhat, t)
+    (Tweedie's formula, chapter 4): the posterior mean of the data given the scaled
+    noisy point ``xhat = x / a(t)`` ``(n, *dims)`` at the scalar time ``t``; shaped like
     ``xhat``."""
     m = sde.mean_coefficient(t)
     return xhat + noise_level(sde, t) ** 2 * m * score_fn(m * xhat, shared_time(xhat, t))
@@ -228,14 +229,14 @@ def denoiser(sde: LinearSDE, score_fn: ScoreFn, xhat: jax.Array, t: jax.Array) -
 
 
 def euler_step(sde: LinearSDE, score_fn: ScoreFn, x: jax.Array, t: jax.Array, t_next: jax.Array) -> jax.Array:
-    """One Euler step of the probability flow dx/dt = f - g^2 s / 2 (Eq. eq-pf-ode) in x
+    """One Euler step of the probability flow dx/dt = f - g^2 score / 2 (chapter 5) in x
     from the scalar time ``t`` to ``t_next``: x + (t_next - t) (f - g^2 s / 2), shaped like
     ``x`` ``(n, *dims)``."""
     return x + (t_next - t) * sde.probability_flow_drift(score_fn, x, shared_time(x, t))
 
 
 def heun_step(sde: LinearSDE, score_fn: ScoreFn, xhat: jax.Array, t: jax.Array, t_next: jax.Array) -> jax.Array:
-    """One Heun step of Eq. eq-pf-ode-sigma in the scaled variable ``xhat = x / m(t)``
+    """One Heun step of the probability flow in nu (chapter 5) in the scaled variable ``xhat = x / a(t)``
     ``(n, *dims)`` from sigma(t) to sigma(t_next) (Karras et al. 2022, Algorithm 1
     without churn): an Euler step, the slope at its end, the average of the two slopes.
     Two score evaluations; returns xhat at ``t_next``."""
@@ -271,7 +272,7 @@ class MultistepState(NamedTuple):
 def multistep_step(sde: LinearSDE, score_fn: ScoreFn, state: MultistepState, t: jax.Array,
                    t_next: jax.Array) -> MultistepState:
     """One step of the multistep exponential integrator (DPM-Solver++, Lu et al. 2022;
-    Eq. eq-dpm-solver, chapter 5) from ``t`` to ``t_next``. In lambda = -log sigma the flow
+    the exponential integrator of chapter 5) from ``t`` to ``t_next``. In lambda = -log sigma the flow
     is d xhat / d lambda = D - xhat; over a step of size h the linear part is integrated
     exactly and D is the polynomial through its last min(order, k + 1) evaluations, whose
     products with e^{-(h - tau)} are integrated exactly too. One score evaluation."""
@@ -298,7 +299,7 @@ def multistep_step(sde: LinearSDE, score_fn: ScoreFn, state: MultistepState, t: 
 @functools.partial(jax.jit, static_argnames=("sde", "step", "shape", "spacing"))
 def _solve_fixed(sde, step, score_fn, key, shape, n_steps, eps, spacing, rho, order):
     """Run ``step`` over the grid from T to eps, starting from a prior draw. Euler runs in
-    x; the steps in sigma in xhat = x / m(t), mapped back at eps."""
+    x; the steps in nu in xhat = x / a(t), mapped back at eps."""
     x = sde.prior_sample(key, shape)
     dtype = x.dtype
     if step is euler_step:
@@ -336,7 +337,7 @@ def _run_fixed(sde, score_fn, key, shape, n_steps, eps, step, spacing=None, rho=
 
 def euler_ode(sde: LinearSDE, score_fn: ScoreFn, key: jax.Array, shape: tuple[int, ...], n_steps: int = 100,
               eps: float = DEFAULT_EPS) -> tuple[jax.Array, int]:
-    """Euler's method on the probability flow ODE dx/dt = f - g^2 s / 2 (Eq. eq-pf-ode) on
+    """Euler's method on the probability flow ODE dx/dt = f - g^2 score / 2 (chapter 5) on
     the uniform grid from T to ``eps`` (:func:`companion.sampling.uniform_grid`): the
     first-order fixed-step baseline. Returns ``(x, nfe)``, ``x`` of shape ``shape``,
     ``nfe = n_steps``."""
@@ -345,7 +346,7 @@ def euler_ode(sde: LinearSDE, score_fn: ScoreFn, key: jax.Array, shape: tuple[in
 
 def heun(sde: LinearSDE, score_fn: ScoreFn, key: jax.Array, shape: tuple[int, ...], n_steps: int = 15,
          eps: float = DEFAULT_EPS, rho: float = 7.0, spacing: str = "karras") -> tuple[jax.Array, int]:
-    """Heun's second-order method on the probability flow ODE in sigma (Eq. eq-pf-ode-sigma)
+    """Heun's second-order method on the probability flow ODE in sigma (chapter 5)
     on the grid of :func:`noise_level_grid` (Karras et al. 2022, Algorithm 1 without churn).
 
     Each step from sigma_k to sigma_{k+1} (:func:`heun_step`) takes an Euler step,
@@ -361,7 +362,7 @@ def dpm_solver(sde: LinearSDE, score_fn: ScoreFn, key: jax.Array, shape: tuple[i
                eps: float = DEFAULT_EPS, order: int = 3, spacing: str = "logsnr",
                rho: float = 7.0) -> tuple[jax.Array, int]:
     """A fast deterministic sampler: a multistep exponential integrator of the probability
-    flow ODE written with the denoiser D (Eq. eq-pf-ode-sigma), as in DPM-Solver++ (Lu et
+    flow ODE written with the denoiser D (chapter 5), as in DPM-Solver++ (Lu et
     al. 2022).
 
     In lambda = -log sigma the ODE is d xhat / d lambda = D - xhat. Over a step of size h
@@ -371,7 +372,7 @@ def dpm_solver(sde: LinearSDE, score_fn: ScoreFn, key: jax.Array, shape: tuple[i
 
     with D replaced by the polynomial through its last ``order`` evaluations (``order=1``:
     D held constant, which is DDIM; 2 and 3: linear and quadratic in lambda) and the
-    integrals of e^{-(h - tau)} tau^j done exactly (Eq. eq-dpm-solver, chapter 5;
+    integrals of e^{-(h - tau)} tau^j done exactly (the exponential integrator of chapter 5;
     :func:`multistep_step`). The first steps, before enough history exists, use the
     highest order available. One score evaluation per step: ``nfe = n_steps``. With the
     exact score of ``toy.four_gaussians_2d`` (VP, n = 10 000; chapter 5) order 3 is as
