@@ -7,8 +7,9 @@ The names are public so that modules import them under ordinary names
 (``from companion._common import check_int, traceable``, as diffrax does with its
 internal modules); the module itself is not part of the course's API.
 
-It imports nothing of the companion at module level, so every module, :mod:`companion.sde`
-included, can use it.
+It imports nothing of the companion, at module level or inside a function, so every
+module, :mod:`companion.sde` included, can use it (``tests/test_layout.py`` checks that
+the companion's imports have no cycle).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
-    "check_sde",
+    "DEFAULT_EPS",
+    "uniform_time",
     "check_shape",
     "check_int",
     "check_positive",
@@ -38,15 +40,19 @@ __all__ = [
 ]
 
 
+# The cut-off time t = eps at which samplers stop (chapter 3); the uniform time grid lives
+# here, below both sampling and ode_sampling, so that neither imports the other's grid.
+DEFAULT_EPS = 1e-3
+
+
+def uniform_time(sde: Any, k: Any, n_steps: Any, eps: Any) -> jax.Array:
+    """One time of the uniform grid, t_k = T + (eps - T) k / n_steps: T at k = 0, eps at
+    k = ``n_steps``. ``k`` (an int or an array of ints) and ``n_steps`` may be traced;
+    shaped like ``k``."""
+    return sde.T + (eps - sde.T) * (k / n_steps)
+
+
 # --------------------------------------------------------------------------- argument checks
-
-
-def check_sde(sde: Any) -> None:
-    """Raise ``TypeError`` unless ``sde`` is a :class:`companion.sde.LinearSDE`."""
-    from companion.sde import LinearSDE  # here, not at the top: sde may import this module
-
-    if not isinstance(sde, LinearSDE):
-        raise TypeError(f"sde: expected a companion.sde SDE (VE, VP, SubVP), got {type(sde).__name__}")
 
 
 def check_shape(shape: Any) -> tuple[int, ...]:

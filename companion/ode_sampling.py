@@ -47,10 +47,9 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-from companion._common import check_int, check_positive, check_score_fn, check_sde, check_shape, shared_time, traceable
-from companion.sampling import DEFAULT_EPS, uniform_time
+from companion._common import DEFAULT_EPS, check_int, check_positive, check_score_fn, check_shape, shared_time, traceable, uniform_time
 from companion._flow_map import flow_map, solve_each
-from companion.sde import LinearSDE, ScoreFn, check_cutoff
+from companion.sde import LinearSDE, ScoreFn, check_cutoff, check_sde
 
 __all__ = [
     "probability_flow", "encode", "decode", "noise_level", "time_of_noise_level",

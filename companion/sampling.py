@@ -54,10 +54,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from companion._common import check_int, check_positive, check_score_fn, check_sde, check_shape, norms, shared_time, traceable
-from companion.sde import LinearSDE, ScoreFn, batch_broadcast, check_cutoff
+from companion._common import DEFAULT_EPS, check_int, check_positive, check_score_fn, check_shape, norms, shared_time, traceable, uniform_time
+from companion.ode_sampling import euler_step, probability_flow  # noqa: F401 (sampling.probability_flow: the course contract)
+from companion.sde import LinearSDE, ScoreFn, batch_broadcast, check_cutoff, check_sde
 
-DEFAULT_EPS = 1e-3
 DEFAULT_N_STEPS = 1000
 
 __all__ = [
@@ -69,24 +69,7 @@ __all__ = [
 Step = Callable[..., tuple[jax.Array, jax.Array]]
 
 
-def __getattr__(name: str):
-    # The course contract (COURSE.md) lists sampling.probability_flow: it lives in
-    # ode_sampling, which imports this module, so it is looked up here on first use.
-    if name == "probability_flow":
-        from companion.ode_sampling import probability_flow
-
-        return probability_flow
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 # --------------------------------------------------------------------------- the uniform grid
-
-
-def uniform_time(sde: LinearSDE, k: Any, n_steps: Any, eps: Any) -> jax.Array:
-    """One time of the uniform grid, t_k = T + (eps - T) k / n_steps: T at k = 0, eps at
-    k = ``n_steps``. ``k`` (an int or an array of ints) and ``n_steps`` may be traced;
-    shaped like ``k``."""
-    return sde.T + (eps - sde.T) * (k / n_steps)
 
 
 def uniform_grid(sde: LinearSDE, n_steps: int, eps: float = DEFAULT_EPS, dtype: Any = None) -> jax.Array:
@@ -320,8 +303,6 @@ def predictor_corrector(sde: LinearSDE, score_fn: ScoreFn, key: jax.Array, shape
 
 @functools.partial(jax.jit, static_argnames=("sde", "shape", "n_frames", "stochastic"))
 def _trajectory(sde, score_fn, key, shape, n_steps, eps, n_frames, stochastic):
-    from companion.ode_sampling import euler_step  # here: ode_sampling imports this module
-
     # the same random streams as euler_maruyama (stochastic) and ode_sampling.euler_ode
     k_prior, k_loop = jax.random.split(key) if stochastic else (key, key)
     x = sde.prior_sample(k_prior, shape)

@@ -49,7 +49,7 @@ from jax.typing import ArrayLike
 
 from companion._common import check_x, sq_norms
 
-__all__ = ["ScoreFn", "LinearSDE", "VE", "VP", "SubVP", "batch_broadcast", "check_time", "check_cutoff"]
+__all__ = ["ScoreFn", "LinearSDE", "VE", "VP", "SubVP", "batch_broadcast", "check_sde", "check_time", "check_cutoff"]
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -88,13 +88,18 @@ def check_time(t: ArrayLike, T: float, *, allow_zero: bool) -> None:
         raise ValueError(f"t: every time must lie in {interval}, got values in [{tv.min()}, {tv.max()}]")
 
 
+def check_sde(sde: object) -> None:
+    """Raise ``TypeError`` unless ``sde`` is a :class:`LinearSDE` (VE, VP, SubVP)."""
+    if not isinstance(sde, LinearSDE):
+        raise TypeError(f"sde: expected a companion.sde SDE (VE, VP, SubVP), got {type(sde).__name__}")
+
+
 def check_cutoff(sde: LinearSDE, eps: float) -> float:
     """Check that ``sde`` is a linear SDE of this module and 0 < ``eps`` < T; return ``eps``.
 
     ``eps`` is the t-epsilon cut-off of the losses and the likelihood (chapters 3 to 5).
     """
-    if not isinstance(sde, LinearSDE):
-        raise TypeError(f"sde: expected a companion.sde SDE, got {type(sde).__name__}")
+    check_sde(sde)
     eps = float(eps)
     if not 0 < eps < sde.T:
         raise ValueError(f"eps: must lie in (0, T) = (0, {sde.T}), got {eps}")

@@ -14,10 +14,17 @@ def test_every_name_in_all_exists():
     assert all(hasattr(_common, name) for name in _common.__all__)
 
 
-def test_check_sde():
-    _common.check_sde(sde.VP())
+def test_check_sde_lives_next_to_linear_sde():
+    sde.check_sde(sde.VP())
     with pytest.raises(TypeError, match="sde"):
-        _common.check_sde("VP")
+        sde.check_sde("VP")
+    assert not hasattr(_common, "check_sde")  # _common imports nothing of the companion
+
+
+def test_uniform_time_runs_from_T_to_eps():
+    ve = sde.VE()
+    assert float(_common.uniform_time(ve, 0, 4, 0.2)) == pytest.approx(ve.T)
+    assert float(_common.uniform_time(ve, 4, 4, 0.2)) == pytest.approx(0.2)
 
 
 @pytest.mark.parametrize("shape", [(3,), (3, 2), [4, 1, 8, 8], (np.int64(2), 2)])

@@ -142,3 +142,68 @@ def test_every_module_says_what_it_exports(name):
     assert all(isinstance(n, str) for n in exported) and len(set(exported)) == len(exported), exported
     missing = [n for n in exported if not hasattr(module, n)]
     assert not missing, f"{name}.__all__ names what it does not define: {missing}"
+
+
+# ------------------------------------------------------------------ no import cycles (issue 25)
+
+
+def import_graph(sources: dict[str, tuple[str, bool]]) -> dict[str, set[str]]:
+    """Module -> the companion modules it imports, from the source of each module
+    (``{name: (source, is_package)}``). Every import counts, at module level or inside a
+    function: a lazy import hides a cycle from Python, not from a reader."""
+    graph = {}
+    for here, (source, is_package) in sources.items():
+        edges = set()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                edges.update(a.name for a in node.names if a.name in sources)
+            elif isinstance(node, ast.ImportFrom):
+                module = _absolute(node, here, is_package)
+                for a in node.names:
+                    sub = f"{module}.{a.name}"
+                    if sub in sources:
+                        edges.add(sub)  # from companion import sde
+                    elif module in sources:
+                        edges.add(module)  # from companion.sde import VP
+        edges.discard(here)
+        graph[here] = edges
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every cycle that a depth-first search meets, each as a closed path [a, b, ..., a]."""
+    found, state = [], {}
+
+    def visit(u, stack):
+        state[u] = "open"
+        stack.append(u)
+        for v in sorted(graph[u]):
+            if state.get(v) == "open":
+                found.append(stack[stack.index(v):] + [v])
+            elif v not in state:
+                visit(v, stack)
+        stack.pop()
+        state[u] = "done"
+
+    for u in sorted(graph):
+        if u not in state:
+            visit(u, [])
+    return found
+
+
+def test_the_cycle_check_has_power():
+    """A loop closed by an import inside a function is found; a chain is not a loop."""
+    sources = {
+        "companion.a": ("from companion.b import f\n", False),
+        "companion.b": ("def f():\n    from companion import a\n    return a\n", False),
+        "companion.c": ("from companion import a, b\n", False),
+    }
+    assert import_cycles(import_graph(sources)) == [["companion.a", "companion.b", "companion.a"]]
+    sources["companion.b"] = ("def f():\n    return 1\n", False)
+    assert import_cycles(import_graph(sources)) == []
+
+
+def test_the_companion_has_no_import_cycle():
+    sources = {name: (path.read_text(encoding="utf-8"), path.name == "__init__.py") for name, path in MODULES.items()}
+    cycles = import_cycles(import_graph(sources))
+    assert not cycles, "import cycles among the companion's modules:\n" + "\n".join(" -> ".join(c) for c in cycles)
