@@ -287,7 +287,7 @@ def _test_vp_kernel(fn):
         if mean.shape == want_mean.shape and not is_close(mean, want_mean, _VP_RTOL, _VP_ATOL):
             coef = np.exp(-big_b)
             if is_close(mean, (coef[:, None] if coef.ndim == 1 else coef) * np.asarray(x0), _VP_RTOL, _VP_ATOL):
-                raise Mismatch(f"{what}, mean: the mean decays too fast: your mean factor is the square of the right one")
+                raise Mismatch(f"{what}, mean: the mean decays too fast: your mean coefficient a(t) is the square of the right one")
             half = np.exp(-0.5 * big_b)
             if is_close(mean, np.broadcast_to(half[:, None] if half.ndim == 1 else half, mean.shape),
                         _VP_RTOL, _VP_ATOL):

@@ -148,7 +148,7 @@ VP_WRONG = {
     "B = beta(t) t": lambda x0, t, lo, hi: (
         _mean(x0, t, jnp.exp(-0.5 * (lo + (hi - lo) * jnp.asarray(t)) * jnp.asarray(t))),
         jnp.sqrt(1 - jnp.exp(-(lo + (hi - lo) * jnp.asarray(t)) * jnp.asarray(t)))),
-    "the mean factor as std": lambda x0, t, lo, hi: (_mean(x0, t, jnp.exp(-0.5 * _b(t, lo, hi))),
+    "the mean coefficient as std": lambda x0, t, lo, hi: (_mean(x0, t, jnp.exp(-0.5 * _b(t, lo, hi))),
                                                      jnp.exp(-0.5 * _b(t, lo, hi))),
     "mean not multiplied by x0": lambda x0, t, lo, hi: (jnp.broadcast_to(
         _mean(jnp.ones_like(x0), t, jnp.exp(-0.5 * _b(t, lo, hi))), x0.shape), jnp.sqrt(-jnp.expm1(-_b(t, lo, hi)))),
@@ -174,7 +174,7 @@ VP_DIAGNOSES = {
     "variance, not std (= sub-VP std)": "variance",
     "mean without the 1/2": "square of the right one",
     "B = beta(t) t": "beta(t) t",
-    "the mean factor as std": "mean coefficient a(t), not the std",
+    "the mean coefficient as std": "mean coefficient a(t), not the std",
     "mean not multiplied by x0": "the mean is a(t) x0",
     "returns only the mean": "pair",
     "calls the companion (sde.VP.marginal)": "write it yourself",
@@ -196,70 +196,70 @@ def test_library_calls_are_refused_kindly(capsys):
 # -------------------------------------------------------------------------- linear_kernel
 
 
-def _rk4_moments(a, b, t, n=400, exponent=2.0):
-    """log m and v by RK4 on log m' = a, v' = exponent a v + b^2 (exponent 2 is right)."""
+def _rk4_moments(A, g, t, n=400, exponent=2.0):
+    """log a and v by RK4 on (log a)' = A, v' = exponent A v + g^2 (exponent 2 is right)."""
     t = float(t)
-    h, lm, v = t / n, 0.0, 0.0
-    rhs = lambda u, v: (float(a(u)), exponent * float(a(u)) * v + float(b(u)) ** 2)  # noqa: E731
+    h, log_a, v = t / n, 0.0, 0.0
+    rhs = lambda u, v: (float(A(u)), exponent * float(A(u)) * v + float(g(u)) ** 2)  # noqa: E731
     for k in range(n):
         u = k * h
         k1 = rhs(u, v)
         k2 = rhs(u + h / 2, v + h / 2 * k1[1])
         k3 = rhs(u + h / 2, v + h / 2 * k2[1])
         k4 = rhs(u + h, v + h * k3[1])
-        lm += h * (k1[0] + 2 * k2[0] + 2 * k3[0] + k4[0]) / 6
+        log_a += h * (k1[0] + 2 * k2[0] + 2 * k3[0] + k4[0]) / 6
         v += h * (k1[1] + 2 * k2[1] + 2 * k3[1] + k4[1]) / 6
-    return lm, v
+    return log_a, v
 
 
-def kernel_right_rk4(a, b, t):
-    lm, v = _rk4_moments(a, b, t)
-    return np.exp(lm), np.sqrt(v)
+def kernel_right_rk4(A, g, t):
+    log_a, v = _rk4_moments(A, g, t)
+    return np.exp(log_a), np.sqrt(v)
 
 
-def kernel_right_grid(a, b, t):  # Eq. (eq-moment-solution), trapezoid on a jnp grid
+def kernel_right_grid(A, g, t):  # variation of constants, trapezoid on a jnp grid
     u = jnp.linspace(0.0, t, 4001)
-    big_a = jnp.concatenate([jnp.zeros(1), jnp.cumsum(
-        0.5 * (a(u)[1:] + a(u)[:-1]) * jnp.diff(u))])
-    w = b(u) ** 2 * jnp.exp(-2 * big_a)
-    return jnp.exp(big_a[-1]), jnp.exp(big_a[-1]) * jnp.sqrt(
+    int_a = jnp.concatenate([jnp.zeros(1), jnp.cumsum(
+        0.5 * (A(u)[1:] + A(u)[:-1]) * jnp.diff(u))])
+    w = g(u) ** 2 * jnp.exp(-2 * int_a)
+    return jnp.exp(int_a[-1]), jnp.exp(int_a[-1]) * jnp.sqrt(
         jnp.sum(0.5 * (w[1:] + w[:-1]) * jnp.diff(u)))
 
 
-def kernel_no_factor_two(a, b, t):
-    lm, v = _rk4_moments(a, b, t, exponent=1.0)
-    return np.exp(lm), np.sqrt(v)
+def kernel_no_factor_two(A, g, t):
+    log_a, v = _rk4_moments(A, g, t, exponent=1.0)
+    return np.exp(log_a), np.sqrt(v)
 
 
-def kernel_variance(a, b, t):
-    m, s = kernel_right_rk4(a, b, t)
-    return m, s**2
+def kernel_variance(A, g, t):
+    a, b = kernel_right_rk4(A, g, t)
+    return a, b**2
 
 
-def kernel_vp_identity(a, b, t):  # sqrt(1 - m^2): true for VP only
-    m, _ = kernel_right_rk4(a, b, t)
-    return m, np.sqrt(max(1 - m**2, 0.0))
+def kernel_vp_identity(A, g, t):  # b = sqrt(1 - a^2): true for VP only
+    a, _ = kernel_right_rk4(A, g, t)
+    return a, np.sqrt(max(1 - a**2, 0.0))
 
 
-def kernel_drift_ignored(a, b, t):  # the VE formula: the variance just accumulates b^2
-    lm, _ = _rk4_moments(a, b, t)
-    _, v = _rk4_moments(lambda u: 0.0, b, t)
-    return np.exp(lm), np.sqrt(v)
+def kernel_drift_ignored(A, g, t):  # the VE formula: the variance just accumulates g^2
+    log_a, _ = _rk4_moments(A, g, t)
+    _, v = _rk4_moments(lambda u: 0.0, g, t)
+    return np.exp(log_a), np.sqrt(v)
 
 
-def kernel_library_vp(a, b, t):  # "all SDEs are VP": the companion's VP kernel
+def kernel_library_vp(A, g, t):  # "all SDEs are VP": the companion's VP kernel
     mean, std = sde.VP(beta_min=0.1, beta_max=20.0).marginal(jnp.ones((1, 1)), jnp.asarray(t))
     return mean[0, 0], std
 
 
 KERNEL_WRONG = {
-    "v' = a v + b^2 (factor 2 missing)": kernel_no_factor_two,
+    "v' = A v + g^2 (factor 2 missing)": kernel_no_factor_two,
     "returns the variance": kernel_variance,
-    "std = sqrt(1 - m^2) (VP only)": kernel_vp_identity,
+    "b = sqrt(1 - a^2) (VP only)": kernel_vp_identity,
     "drift ignored in the variance (VE only)": kernel_drift_ignored,
     "the companion's VP kernel": kernel_library_vp,
-    "mean factor exp(-int a)": lambda a, b, t: (1 / kernel_right_rk4(a, b, t)[0],
-                                               kernel_right_rk4(a, b, t)[1]),
+    "mean coefficient exp(-int A)": lambda A, g, t: (1 / kernel_right_rk4(A, g, t)[0],
+                                                    kernel_right_rk4(A, g, t)[1]),
 }
 
 
@@ -274,12 +274,12 @@ def test_linear_kernel_rejects_wrong_answers(wrong):
 
 
 KERNEL_DIAGNOSES = {
-    "v' = a v + b^2 (factor 2 missing)": "factor 2",
+    "v' = A v + g^2 (factor 2 missing)": "factor 2",
     "returns the variance": "looks like the variance",
-    "std = sqrt(1 - m^2) (VP only)": "some SDEs only",
+    "b = sqrt(1 - a^2) (VP only)": "some SDEs only",
     "drift ignored in the variance (VE only)": "only accumulates g^2",
     "the companion's VP kernel": "VP SDE's coefficients",
-    "mean factor exp(-int a)": "reciprocal",
+    "mean coefficient exp(-int A)": "reciprocal",
 }
 
 
