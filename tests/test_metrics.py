@@ -323,6 +323,88 @@ def test_the_band_is_computed_from_the_number_of_statistics():
         assert s.band() == report.threshold == pytest.approx(band, abs=0.005)
         assert metrics.bonferroni_band(m, 1e-3) == s.band()
     assert metrics.bonferroni_band(1, 0.05) == pytest.approx(1.95996, abs=1e-5)
+    assert metrics.bonferroni_band(1) == pytest.approx(3.29, abs=0.005)  # "How we measure"
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match="n_tests"):
             metrics.bonferroni_band(bad)
+
+
+# ------------------------------------------- the level of matches_mixture where the book works
+
+
+def _tested_z(x, mix):
+    """The z of the statistics mixture_report tests, for one sample, in JAX (so that many
+    seeds can be vmapped): the formulas of mode_statistics, float32."""
+    n, d = x.shape
+    r = mix.responsibilities(x)
+    w, w_se = r.mean(0), r.std(0, ddof=1) / math.sqrt(n)
+    v1, v2 = r.sum(0), (r**2).sum(0)
+    mean = (r.T @ x) / v1[:, None]
+    diff = x[None] - mean[:, None]
+    outer = diff[..., :, None] * diff[..., None, :]
+    cov = jnp.einsum("nk,knij->kij", r, outer) / (v1 - v2 / v1)[:, None, None]
+    rk = r.T[..., None]
+    mean_se = (rk * diff / w[:, None, None]).std(1, ddof=1) / math.sqrt(n)
+    cov_se = (rk[..., None] * (outer - cov[:, None]) / w[:, None, None, None]).std(1, ddof=1) / math.sqrt(n)
+    iu = np.triu_indices(d)
+    zc = ((cov - mix.covs) / cov_se)[:, iu[0], iu[1]]
+    return jnp.concatenate([(w - mix.weights) / w_se, ((mean - mix.means) / mean_se).ravel(), zc.ravel()])
+
+
+def exact_sample_z(mix, n, seeds, key, batch=100):
+    """(seeds, m) z of exact samples of size n, and the variance statistics' columns."""
+    z_of = jax.jit(jax.vmap(lambda k: _tested_z(mix.sample(k, n), mix)))
+    keys = jax.random.split(key, seeds)
+    z = np.concatenate([np.asarray(z_of(keys[i:i + batch])) for i in range(0, seeds, batch)])
+    K, d = mix.n_components, mix.dim
+    iu = np.triu_indices(d)
+    variance = K + K * d + np.flatnonzero(np.tile(iu[0] == iu[1], K))
+    return z, variance
+
+
+def test_the_vectorised_z_are_mixture_reports():
+    for mix in (MIX, toy.two_gaussians_1d()):
+        z, _ = exact_sample_z(mix, 2000, 2, jax.random.key(11), batch=2)
+        for i, k in enumerate(jax.random.split(jax.random.key(11), 2)):
+            report = metrics.mixture_report(mix.sample(k, 2000), mix)
+            np.testing.assert_allclose(z[i], z_of_tested(report, mix.dim), atol=0.02)
+
+
+def test_level_where_the_book_works_quick():
+    """n = 10 000 exact samples of the 2-D mixture, 1500 seeds. At level 0.1 the rejection
+    rate over nominal is within 0.75 and 1.25 (measured over 80 000 seeds: 0.99 +- 0.01;
+    here +- 0.08). And the cause of the excess at small levels is visible already here:
+    the studentised variances leave the band more often below than above (over 80 000 seeds
+    at this band, 2191 times below and 774 above)."""
+    z, variance = exact_sample_z(MIX, 10_000, 1500, jax.random.key(12))
+    band = metrics.bonferroni_band(24, 0.1)
+    rate = np.mean(np.max(np.abs(z), 1) > band)
+    assert 0.75 < rate / 0.1 < 1.25, rate
+    v = z[:, variance]
+    assert np.sum(v < -band) > np.sum(v > band) + 5, (np.sum(v < -band), np.sum(v > band))
+
+
+LEVEL_SEEDS = int(__import__("os").environ.get("COMPANION_CALIBRATE_SEEDS", "0"))
+
+
+@pytest.mark.skipif(not LEVEL_SEEDS, reason="set COMPANION_CALIBRATE_SEEDS (e.g. 40000: minutes of CPU)")
+@pytest.mark.parametrize("name", ["1d", "2d"])
+def test_level_where_the_book_works(name):
+    """The level that matches_mixture's docstring and "How we measure" state, re-measured:
+    exact samples, n = 10 000, COMPANION_CALIBRATE_SEEDS seeds; prints rejection rate over
+    nominal at levels 0.1, 0.01 and 1e-3 with its standard error, and checks that each is
+    within 3 standard errors of the documented value."""
+    mix = MIXTURES[name]
+    documented = {"1d": {1e-1: 0.80, 1e-2: 0.83, 1e-3: 0.98}, "2d": {1e-1: 0.99, 1e-2: 1.16, 1e-3: 1.45}}[name]
+    z, variance = exact_sample_z(mix, 10_000, LEVEL_SEEDS, jax.random.key(13))
+    max_z = np.max(np.abs(z), 1)
+    band, v = metrics.bonferroni_band(z.shape[1], 1e-3), z[:, variance]
+    below, above = int(np.sum(v < -band)), int(np.sum(v > band))
+    print(f"{name}: variance z beyond the 1e-3 band: {below} below, {above} above")
+    if name == "2d":  # the skew of a studentised variance (measured: 52 below, 3 above)
+        assert below > 2 * above
+    for level, want in documented.items():
+        rate = np.mean(max_z > metrics.bonferroni_band(z.shape[1], level))
+        se = math.sqrt(rate * (1 - rate) / LEVEL_SEEDS)
+        print(f"{name} level {level:g}: rejected {rate / level:.3f} +- {se / level:.3f} x nominal")
+        assert abs(rate / level - want) < 3 * max(se, math.sqrt(level * (1 - level) / LEVEL_SEEDS)) / level
