@@ -304,8 +304,14 @@ def measure_large_steps(step):  # float64, but h = 1/2 ... 1/16: pre-asymptotic
     return np.polyfit(np.log(1.0 / ns), np.log(_global_errors(step, ns)), 1)[0]
 
 
-# wrong answer -> words its diagnosis must contain (None: rejected, no diagnosis claimed)
+def measure_quarter_to_64th(step):  # issue 27's design: float64, h = 1/4 ... 1/64
+    ns = 2 ** np.arange(2, 7)
+    return np.polyfit(np.log(1.0 / ns), np.log(_global_errors(step, ns)), 1)[0]
+
+
+# wrong answer -> words its diagnosis must contain
 MEASURE_WRONG = {
+    "float64 but h = 1/4 ... 1/64 (pre-asymptotic)": (measure_quarter_to_64th, "pre-asymptotic"),
     "local error of one step": (measure_local_error, "one more than the order"),
     "slope against n instead of h": (measure_against_n, "wrong sign"),
     "float32 with tiny steps (round-off floor)": (measure_float32_tiny_steps, "float32"),
