@@ -6,8 +6,8 @@ independent data samples of the same size give: the *two-sample floor*
 (:func:`two_sample_floor`). The chapters report both.
 
 - :func:`sliced_wasserstein`: the sliced p-Wasserstein distance
-  SW_p(a, b) = (E_theta W_p^p(theta . a, theta . b))^(1/p) over random unit directions
-  theta (Bonneel et al. 2015), each 1-D distance from sorted projections (quantile
+  SW_p(a, b) = (E_e W_p^p(e . a, e . b))^(1/p) over random unit directions e
+  (Bonneel et al. 2015), each 1-D distance from sorted projections (quantile
   functions when the sample sizes differ). ``p = 1`` by default: W_2 is dominated by the
   few points that land in the near-empty gaps between modes, which makes it a noisier
   judge of a sampler. Units of x; 0 only when every projection agrees.
@@ -16,6 +16,11 @@ independent data samples of the same size give: the *two-sample floor*
 - :func:`kid`: the kernel inception-style distance between two samples of *features*
   (unbiased MMD^2 with the cubic polynomial kernel, Binkowski et al. 2018) with a standard
   error; the book's yardstick for images, on its digits judge's features.
+- :func:`mode_statistics`, :func:`mixture_report`, :func:`matches_mixture`,
+  :func:`bonferroni_band`: statistics with power for samples of a *known* Gaussian
+  mixture, compared with its true weights, means and covariances (they live in
+  ``companion._mode_statistics`` and are re-exported here). The book's appendix "How we
+  measure" says what each yardstick tests, its power and its level.
 
 Measured floors on ``toy.four_gaussians_2d()`` (two independent samples of n points each,
 mean +- standard deviation over 50 pairs, ``n_projections=128``, ``p=1``;
@@ -317,7 +322,7 @@ def kid(features_a: ArrayLike, features_b: ArrayLike) -> KID:
     b2 = (rb @ cb) / (m * (m - 1) * n)
     b3 = (cb @ cb - ss_ab) / (m * n * (n - 1))
     e_aa, e_bb, e_ab = ss_aa / (n * (n - 1)), ss_bb / (m * (m - 1)), ss_ab / (n * m)
-    # products of the means, over disjoint index sets: theta_aa^2, theta_bb^2, theta_ab^2, ...
+    # products of the means, over disjoint index sets: (E k_aa)^2, (E k_bb)^2, (E k_ab)^2, ...
     p_aa = (t_aa**2 - 4 * (ra @ ra - ss_aa) - 2 * ss_aa) / (n * (n - 1) * (n - 2) * (n - 3))
     p_bb = (t_bb**2 - 4 * (rb @ rb - ss_bb) - 2 * ss_bb) / (m * (m - 1) * (m - 2) * (m - 3))
     p_ab = (t_ab**2 - sa @ sa - cb @ cb + ss_ab) / (n * (n - 1) * m * (m - 1))

@@ -1,5 +1,6 @@
 """companion.metrics: sliced Wasserstein and MMD behave like distances; the documented
-two-sample floors are what a measurement gives."""
+two-sample floors are what a measurement gives; kid's standard error is calibrated; the
+mixture statistics have the power and the level their docstrings state."""
 
 import math
 
