@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from companion import exercises
@@ -237,7 +238,10 @@ def test_a_second_check_of_the_same_function_reuses_the_first(counted, capsys):
     first = capsys.readouterr().out
     assert exercises.check("twice", answer, verbose=False) is True  # the hidden assert
     assert exercises.check("twice", answer) is True
-    assert capsys.readouterr().out == first  # the same report, printed again
+    again = capsys.readouterr().out
+    # the same verdict, and the report says it is the last check's, not a fresh one
+    assert again.startswith(first.rstrip("\n")) and "this is that check's result" in again
+    assert "this is that check's result" not in first
     assert len(counted) == 1
 
 
@@ -249,7 +253,7 @@ def test_a_second_check_of_a_wrong_answer_reuses_the_failure(counted, capsys):
     first = capsys.readouterr().out
     assert "Hint:" in first
     assert exercises.check("twice", answer) is False
-    assert capsys.readouterr().out == first
+    assert capsys.readouterr().out == first.rstrip("\n") + _core.REPEATED + "\n"
     assert len(counted) == 1
 
 
@@ -382,3 +386,130 @@ def test_a_function_that_cannot_be_traced_is_called_as_it_is_case_by_case():
     np.testing.assert_allclose(next(results), 0.0)  # the first case, before the failure
     with pytest.raises(ValueError, match="positive"):
         next(results)
+
+
+# ------------------------------------------- stale verdicts (issue 27): contents, not names
+
+MUTABLE_ANSWER = {"value": 5}
+ANSWER_ROWS = np.array([5.0])
+
+
+def test_a_global_fixed_in_place_gets_a_fresh_check(counted):
+    def answer():
+        return MUTABLE_ANSWER["value"]
+
+    assert not exercises.check("twice", answer, verbose=False)
+    MUTABLE_ANSWER["value"] = 2  # the learner fixes the dict entry, not the function
+    try:
+        assert exercises.check("twice", answer, verbose=False)
+    finally:
+        MUTABLE_ANSWER["value"] = 5
+    assert len(counted) == 2
+
+
+def test_an_array_element_fixed_in_place_gets_a_fresh_check(counted):
+    def helper():  # read through a helper function: its globals count too
+        return float(ANSWER_ROWS[0])
+
+    def answer():
+        return helper()
+
+    assert not exercises.check("twice", answer, verbose=False)
+    ANSWER_ROWS[0] = 2.0
+    try:
+        assert exercises.check("twice", answer, verbose=False)
+    finally:
+        ANSWER_ROWS[0] = 5.0
+    assert not exercises.check("twice", answer, verbose=False)
+    assert len(counted) == 3
+
+
+def test_an_unchanged_mutable_global_still_reuses_the_verdict(counted):
+    def answer():
+        return MUTABLE_ANSWER["value"] - 3
+
+    assert exercises.check("twice", answer, verbose=False)
+    assert exercises.check("twice", answer, verbose=False)
+    assert len(counted) == 1
+
+
+def test_a_global_whose_contents_cannot_be_read_is_never_cached(counted):
+    import threading
+
+    lock = threading.Lock()  # pickle refuses it
+
+    def answer():
+        with lock:
+            return 2
+
+    assert exercises.check("twice", answer, verbose=False)
+    assert exercises.check("twice", answer, verbose=False)
+    assert len(counted) == 2
+
+
+# ---------------------- the checker's own calls are never attributed to the reader (issue 27)
+
+
+@pytest.fixture
+def inverse_exercise(monkeypatch):
+    """A throwaway exercise that refuses numpy.linalg.inv in the reader's code and whose
+    own near-miss diagnosis calls numpy.linalg.inv, as gaussian_log_prob's did."""
+    a = np.array([[2.0, 0.0], [0.0, 4.0]])
+
+    def test(fn):
+        got = fn(a)
+        ret = got() if callable(got) else got
+        if not np.allclose(ret, 0.5 * np.log(8.0)):
+            if np.allclose(ret, np.log(8.0)):
+                np.linalg.inv(a)  # the checker's own computation
+                raise _core.Mismatch("the factor 1/2 is missing")
+            raise _core.Mismatch("wrong value")
+
+    ex = _core.Exercise("halflogdet", 1, "half of a log-determinant", test,
+                        lambda a: 0.5 * np.linalg.slogdet(a)[1], "a second hint",
+                        blocked=("numpy.linalg:inv",))
+    monkeypatch.setitem(_core._REGISTRY, "halflogdet", ex)
+    monkeypatch.setattr(_core, "_LAST", {})
+
+
+def test_a_near_miss_gets_its_diagnosis_and_hint_not_an_accusation(inverse_exercise, capsys):
+    def near_miss(a):
+        return np.linalg.slogdet(a)[1]
+
+    assert not exercises.check("halflogdet", near_miss)
+    out = capsys.readouterr().out
+    assert "the factor 1/2 is missing" in out and "Hint: half of a log-determinant" in out
+    assert "Stuck?" in out and "already computes the answer" not in out
+
+
+def test_the_readers_own_blocked_call_is_still_refused(inverse_exercise, capsys):
+    def uses_inv(a):
+        return -0.5 * np.log(np.linalg.det(np.linalg.inv(a)))
+
+    assert not exercises.check("halflogdet", uses_inv)
+    assert "numpy.linalg.inv, which already computes the answer" in capsys.readouterr().out
+
+    def returns_a_function_that_uses_inv(a):
+        return lambda: -0.5 * np.log(np.linalg.det(np.linalg.inv(a)))
+
+    assert not exercises.check("halflogdet", returns_a_function_that_uses_inv)
+    assert "already computes the answer" in capsys.readouterr().out
+    assert np.linalg.inv(np.eye(2)).shape == (2, 2)  # put back after the check
+
+
+def test_the_right_answer_passes_under_the_watch(inverse_exercise):
+    assert exercises.check("halflogdet", lambda a: 0.5 * np.linalg.slogdet(a)[1], verbose=False)
+
+
+# --------------------------------------------- ratios in words, never finer than a tolerance
+
+
+@pytest.mark.parametrize("ratio, words", [
+    (2.0, "about twice"), (1.98, "about twice"), (0.5, "about half"), (1.02, "close to 1"),
+    (0.7, "close to 1"), (3.1, "3 times"), (-1.0, "wrong sign"), (120.0, "100 times too large"),
+    (0.004, "times too small"),
+])
+def test_factor_words(ratio, words):
+    said = _core.factor_words(ratio)
+    assert words in said, said
+    assert "." not in said  # a round number at most: no digits a reader could divide by

@@ -22,13 +22,14 @@ from typing import Any, Callable
 
 import numpy as np
 
+from companion.exercises._cache import fingerprint, same
 from companion.exercises._progress import progress_path, read_passed, record_pass
 
 __all__ = [
     "Mismatch", "WriteItYourself", "Exercise", "exercise", "blocking", "Text", "hint", "names",
     "get", "check", "Progress", "progress", "as_array",
     "is_close", "as_pair",
-    "expect_close",
+    "expect_close", "watched", "factor_words",
 ]
 
 
@@ -146,6 +147,39 @@ def blocking(paths: tuple[str, ...], fn: Callable):
                 setattr(owner, attr, raw)
 
 
+def watched(fn: Callable, paths: tuple[str, ...]) -> Callable:
+    """``fn`` with the blocked functions ``paths`` refused *only while it runs* (and while
+    any function it returns runs): the hidden test's own computations, a diagnosis that
+    calls ``numpy.linalg.inv`` say, are never taken for the reader's (issue 27)."""
+    if not paths:
+        return fn
+    depth = [0]
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        if depth[0]:  # already inside the reader's function: the watch is on
+            return fn(*args, **kwargs)
+        depth[0] += 1
+        try:
+            with blocking(paths, fn):
+                out = fn(*args, **kwargs)
+        finally:
+            depth[0] -= 1
+        return _watch_returned(out, paths)
+
+    return call
+
+
+def _watch_returned(out: Any, paths: tuple[str, ...]) -> Any:
+    # A reader's function may return functions (a guided score, a sampler): they are the
+    # reader's code too.
+    if isinstance(out, (types.FunctionType, types.MethodType, functools.partial)):
+        return watched(out, paths)
+    if type(out) in (tuple, list) and any(isinstance(o, (types.FunctionType, functools.partial)) for o in out):
+        return type(out)(_watch_returned(o, paths) for o in out)
+    return out
+
+
 class Text(str):
     """A string that a notebook displays as plain text (no quotes, no escapes)."""
 
@@ -187,23 +221,24 @@ def check(name: str, fn: Callable, *, verbose: bool = True) -> bool:
     when every hidden test passes. Whatever ``fn`` does (raise, return ``None``, NaN or
     an array of the wrong shape) is reported as a failure; ``check`` itself never raises
     for a bad answer, so a notebook keeps running. Checking the same function again,
-    unchanged (same object, code, defaults, closure and globals it reads), gives the
-    same result and report without running the hidden tests a second time.
+    unchanged (same object, code, defaults, closure, and the globals it reads with the
+    same contents: :mod:`companion.exercises._cache`), gives the same result without
+    running the hidden tests a second time, and the report says so.
     """
     ex = get(name)
     if not callable(fn):
         raise TypeError(f"fn must be a function, got {type(fn).__name__}")
-    fingerprint = _fingerprint(fn)
+    now = fingerprint(fn)
     cached = _LAST.get(name)
-    if cached is not None and fingerprint is not None:
+    if cached is not None and now is not None:
         ref, seen, passed, text = cached
-        if ref() is fn and _same(seen, fingerprint):
+        if ref() is fn and same(seen, now):
             if passed:
                 record_pass(name)  # the progress file may have moved since
-            return _report(verbose, text, passed)
+            return _report(verbose, text + REPEATED, passed)
     passed, text = _run(ex, fn)
-    if fingerprint is not None:
-        _LAST[name] = (weakref.ref(fn), fingerprint, passed, text)
+    if now is not None:
+        _LAST[name] = (weakref.ref(fn), now, passed, text)
     if passed:
         record_pass(name)
     return _report(verbose, text, passed)
@@ -213,8 +248,7 @@ def _run(ex: Exercise, fn: Callable) -> tuple[bool, str]:
     """Run the hidden test of ``ex`` on ``fn``: (passed, the report's text)."""
     name = ex.name
     try:
-        with blocking(ex.blocked, fn):
-            ex.test(fn)
+        ex.test(watched(fn, ex.blocked))
     except NotImplementedError:
         return False, f"✗ {name}: not attempted yet (the stub still raises NotImplementedError)."
     except WriteItYourself as m:
@@ -235,35 +269,8 @@ def _run(ex: Exercise, fn: Callable) -> tuple[bool, str]:
 # hidden assert; the second check of the same, unchanged function gives the first one's
 # result instead of running the hidden tests (and compiling their JAX code) again.
 _LAST: dict[str, tuple] = {}
-_UNBOUND = object()
-
-
-def _fingerprint(fn: Callable) -> tuple | None:
-    """What ``fn``'s answer depends on besides its arguments: its code, defaults, closure
-    and the globals its code (and any nested function's) reads, as a tuple of objects
-    compared by identity. A redefined function is a new object; a global it uses that
-    was rebound (a helper cell run again) changes the fingerprint. ``None`` (never
-    cached) for callables that are not plain Python functions."""
-    if not isinstance(fn, types.FunctionType):
-        return None
-    names, stack = set(), [fn.__code__]
-    while stack:
-        code = stack.pop()
-        names.update(code.co_names)
-        stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
-    cells = []
-    for cell in fn.__closure__ or ():
-        try:
-            cells.append(cell.cell_contents)
-        except ValueError:  # an empty cell
-            cells.append(_UNBOUND)
-    namespace = fn.__globals__
-    used = [namespace.get(n, _UNBOUND) for n in sorted(names)]
-    return (fn.__code__, fn.__defaults__, fn.__kwdefaults__, *cells, *used)
-
-
-def _same(a: tuple, b: tuple) -> bool:
-    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+REPEATED = ("\n  (the same function as at your last check, reading the same values: "
+            "this is that check's result)")
 
 
 def _more(ex: Exercise) -> str:
@@ -383,3 +390,27 @@ def expect_close(got: Any, want: Any, *, what: str, rtol: float, atol: float,
             f"{what}: {np.size(close) - np.count_nonzero(close)} of {np.size(close)} values "
             f"differ from the reference (worst error {err:.3g} times the tolerance)"
         )
+
+
+def factor_words(ratio: float) -> str:
+    """How a reader's value compares with the right one, in words that do not give the
+    right value away: "about twice", "about half", "about 3 times", "off by a factor
+    close to 1", "of the wrong sign". Diagnoses use it instead of printing the ratio to
+    three digits, which with the reader's own value would recover the reference."""
+    r = float(ratio)
+    if not np.isfinite(r) or r == 0:
+        return "not a multiple of the right value"
+    if r < 0:
+        return "of the wrong sign" + ("" if abs(abs(r) - 1) > 0.1 else " (and about the right size)")
+    big = max(r, 1 / r)
+    if big < 1.5:
+        return "off by a factor close to 1"
+    words = {2: "twice", 3: "3 times", 4: "4 times"}
+    n = round(big)
+    if abs(big - n) > 0.25 * n or n > 4:
+        size = f"about {10 ** round(np.log10(big)):g} times" if big >= 5 else "a few times"
+        return f"{size} {'too large' if r > 1 else 'too small'}"
+    if r > 1:
+        return f"about {words[n]} the right value" if n in words else "a few times too large"
+    return {2: "about half the right value", 3: "about a third of the right value",
+            4: "about a quarter of the right value"}[n]
