@@ -222,7 +222,7 @@ def check(name: str, fn: Callable, *, verbose: bool = True) -> bool:
     an array of the wrong shape) is reported as a failure; ``check`` itself never raises
     for a bad answer, so a notebook keeps running. Checking the same function again,
     unchanged (same object, code, defaults, closure, and the globals it reads with the
-    same contents: :mod:`companion.exercises._cache`), gives the same result without
+    same contents), gives the same result without
     running the hidden tests a second time, and the report says so.
     """
     ex = get(name)
