@@ -302,9 +302,10 @@ def kid(features_a: ArrayLike, features_b: ArrayLike) -> KID:
     Every moment is estimated without bias from sums over distinct indices, so the
     standard error holds when the distributions agree and when they differ: over 1000
     draws of 8-D Gaussian samples the spread of the estimates and the root mean square
-    reported SE agree within 4 % (``tests/test_metrics.py`` checks 20 %). An estimated
-    variance below 0 (possible for tiny samples) gives SE 0. Memory grows like 1024 (n + m) floats; time
-    like (n + m)^2 dim. At least 4 rows per sample.
+    reported SE agree within 4 % (``tests/test_metrics.py`` checks 20 %). A part of the
+    variance estimated below 0 (possible for small samples) counts as 0, so the SE is
+    never 0 for samples that are not constant. Memory grows like 1024 (n + m) floats;
+    time like (n + m)^2 dim. At least 4 rows per sample.
     """
     a, b = _check_features(features_a, features_b)
     n, m = float(a.shape[0]), float(b.shape[0])
@@ -333,6 +334,10 @@ def kid(features_a: ArrayLike, features_b: ArrayLike) -> KID:
     tau_aa = e_aa - 2 * a1 + p_aa
     tau_bb = e_bb - 2 * b1 + p_bb
     tau_ab = e_ab - a3 - b3 + p_ab
+    # Each part is a variance, >= 0; its unbiased estimate can dip below 0 in small samples.
+    # Clamping the parts one by one (not only their sum) keeps the SE from collapsing to 0
+    # when a first-order part comes out negative (64 digits against 296, 256 features).
+    s2_a, s2_b, tau_aa, tau_bb, tau_ab = (max(v, 0.0) for v in (s2_a, s2_b, tau_aa, tau_bb, tau_ab))
     var = (4 * s2_a / n + 4 * s2_b / m + 2 * tau_aa / (n * (n - 1)) + 2 * tau_bb / (m * (m - 1))
            + 4 * tau_ab / (n * m))
     return KID(float(estimate), float(math.sqrt(max(var, 0.0))))

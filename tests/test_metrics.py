@@ -409,3 +409,13 @@ def test_level_where_the_book_works(name):
         se = math.sqrt(rate * (1 - rate) / LEVEL_SEEDS)
         print(f"{name} level {level:g}: rejected {rate / level:.3f} +- {se / level:.3f} x nominal")
         assert abs(rate / level - want) < 3 * max(se, math.sqrt(level * (1 - level) / LEVEL_SEEDS)) / level
+
+
+def test_kid_standard_error_never_collapses_to_zero_for_small_samples():
+    """64 against 296 rows in 256 dimensions (chapter 7's sizes): a first-order part of the
+    variance can be estimated below 0; the SE must stay positive (it is divided by)."""
+    rng = np.random.default_rng(0)
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        est, se = metrics.kid(rng.normal(size=(64, 256)), rng.normal(size=(296, 256)))
+        assert se > 0 and abs(est) < 5 * se
