@@ -139,7 +139,7 @@ SHARDED = textwrap.dedent(
     jax.config.update("jax_default_matmul_precision", "highest")
     sde = sdes.VP(); mix = toy.two_gaussians_1d()
     model = nets.ScoreMLP(1, hidden=32, depth=2, sde=sde, rngs=nnx.Rngs(0))
-    kw = dict(steps=200, batch_size=128, learning_rate=3e-3, key=jax.random.key(0), steps_per_call=100,
+    kw = dict(steps=40, batch_size=128, learning_rate=3e-3, key=jax.random.key(0), steps_per_call=20,
               progress=False)
     loss = losses.denoising_score_matching(sde)
     m4, h4 = training.fit(model, loss, mix.sample, **kw)
@@ -171,7 +171,7 @@ def test_data_parallel_training_matches_one_device():
     # and the same as this (one-device) process
     model = small_model()
     _, hist = training.fit(model, LOSS, MIX.sample, key=jax.random.key(0),
-                           **{**KW, "steps": 200, "steps_per_call": 100})
+                           **{**KW, "steps": 40, "steps_per_call": 20})
     np.testing.assert_allclose(out["loss1"], hist["loss"], rtol=1e-4, atol=1e-5)
 
 
