@@ -181,18 +181,26 @@ class ScoreMLP(nnx.Module):
             the kernel std ``s(t)``, time entering as the normalised log noise level
             (:func:`time_input`). Without it the network outputs the score directly and
             sees ``t``.
+        scale_output: with ``sde`` given, whether the output is divided by ``s(t)``
+            (default, the noise-prediction parametrisation of a score model). ``False``
+            keeps the input scaling and the log-noise-level time input and returns the
+            trunk's output as it is: a velocity model of the SDE's path with the score
+            model's preconditioning (chapter 8 compares the two on equal terms).
         rngs: ``nnx.Rngs`` for the initial weights (and the Fourier frequencies).
     """
 
     def __init__(self, dim: int | Sequence[int], *, hidden: int = 128, depth: int = 3,
                  embed_dim: int = 32, embedding: str = "fourier", fourier_scale: float = 2.0,
-                 sde: LinearSDE | None = None, rngs: nnx.Rngs):
+                 sde: LinearSDE | None = None, scale_output: bool = True, rngs: nnx.Rngs):
         if sde is not None and not isinstance(sde, LinearSDE):
             raise TypeError(f"sde: expected a companion.sde SDE or None, got {type(sde).__name__}")
         if not isinstance(rngs, nnx.Rngs):
             raise TypeError(f"rngs: expected nnx.Rngs, got {type(rngs).__name__}")
+        if not isinstance(scale_output, bool):
+            raise TypeError(f"scale_output: expected True or False, got {scale_output!r}")
         self.dims = _dims(dim)
         self.sde = sde
+        self.scale_output = scale_output
         d = math.prod(self.dims)
         self.trunk = _Trunk(d, hidden=hidden, depth=depth, embed_dim=embed_dim, embedding=embedding,
                             fourier_scale=fourier_scale, rngs=rngs)
@@ -208,7 +216,7 @@ class ScoreMLP(nnx.Module):
             m, s = self.sde.mean_coefficient(t), self.sde.kernel_std(t)
             h = h / batch_broadcast(jnp.sqrt(m**2 + s**2), h)
         out = self.out(self.trunk(h, time_input(t, self.sde), label, rows))
-        if self.sde is not None:
+        if self.sde is not None and self.scale_output:
             out = out / batch_broadcast(s, out)
         return out.reshape(x.shape).astype(x.dtype)
 

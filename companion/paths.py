@@ -42,7 +42,8 @@ from jax.typing import ArrayLike
 from companion._common import check_positive, check_x, sq_norms, static
 from companion.sde import LinearSDE, batch_broadcast
 
-__all__ = ["GaussianPath", "Rectified", "SDEPath", "from_sde", "check_times", "integrate", "straightness"]
+__all__ = ["GaussianPath", "Rectified", "SDEPath", "from_sde", "check_times", "integrate", "straightness",
+           "straightness_parts", "to_rectified"]
 
 
 def check_times(t: ArrayLike, name: str = "t") -> jax.Array:
@@ -258,23 +259,80 @@ def integrate(velocity: Callable, x: ArrayLike, *, method: str = "tsit5", n_step
 
 def straightness(velocity: Callable, xs: ArrayLike, t0: float = 1.0, t1: float = 0.0) -> jax.Array:
     """Straightness of trajectories ``xs`` ``(k, n, *dims)`` saved at k equal times from ``t0``
-    to ``t1`` (from :func:`integrate` with ``n_saved=k``), relative to their chord:
+    to ``t1`` (from :func:`integrate` with ``n_saved=k``), relative to their chord. With
+    phi_t(z) the trajectory that starts from z and c = (phi_t0 - phi_t1) / (t0 - t1),
 
-        S = E int ||v(x_t, t) - (x_t0 - x_t1) / (t0 - t1)||^2 dt / E ||(x_t0 - x_t1) / (t0 - t1)||^2
+        S = E_z int ||u(phi_t(z), t) - c||^2 dt / E_z ||c||^2
 
-    (Liu et al. 2023, Eq. eq-straightness, chapter 8, made dimensionless). S = 0 exactly
-    when every trajectory is a straight line run at constant speed. The time integral
-    is the trapezoidal rule on the saved times (the velocity is evaluated there).
+    (the straightness of Liu et al. 2023 on the ODE's trajectories, chapter 8, made
+    dimensionless). S = 0 exactly when every trajectory is a straight line run at
+    constant speed. The time integral is the trapezoidal rule on the saved times (the
+    velocity is evaluated there). :func:`straightness_parts` splits S into a direction
+    part and a speed part.
     """
-    return _straightness(static(velocity), jnp.asarray(xs), float(t0), float(t1))
+    s_dir, s_speed = straightness_parts(velocity, xs, t0, t1)
+    return s_dir + s_speed
+
+
+def straightness_parts(velocity: Callable, xs: ArrayLike, t0: float = 1.0,
+                       t1: float = 0.0) -> tuple[jax.Array, jax.Array]:
+    """``(S_dir, S_speed)``, the two parts of :func:`straightness` (their sum is S).
+
+    Write the velocity along a trajectory as its component along the chord's unit vector
+    e = c / ||c|| and the rest: u = (u . e) e + u_perp. Then
+    ||u - c||^2 = ||u_perp||^2 + (u . e - ||c||)^2 exactly, and
+
+        S_dir   = E int ||u_perp||^2 dt / E ||c||^2     (direction: zero for a trajectory
+                                                          that stays on its chord's line),
+        S_speed = E int (u . e - ||c||)^2 dt / E ||c||^2 (speed: changes of speed along
+                                                          the chord, and going backwards).
+
+    A trajectory that runs along a straight line at a varying speed (or turns back on it)
+    has S_dir = 0 and S_speed > 0; a bent one has S_dir > 0. Same arguments as
+    :func:`straightness`.
+    """
+    return _straightness_parts(static(velocity), jnp.asarray(xs), float(t0), float(t1))
 
 
 @functools.partial(jax.jit, static_argnames=("velocity",))
-def _straightness(velocity, xs, t0, t1):
+def _straightness_parts(velocity, xs, t0, t1):
     k = xs.shape[0]
     ts = jnp.linspace(t0, t1, k).astype(xs.dtype)
     chord = (xs[0] - xs[-1]) / (t0 - t1)
-    dev = jax.lax.map(lambda args: sq_norms(velocity(args[0], jnp.full(args[0].shape[:1], args[1], xs.dtype)) - chord),
-                      (xs, ts))  # (k, n)
-    w = jnp.full((k,), 1.0 / (k - 1)).at[0].set(0.5 / (k - 1)).at[-1].set(0.5 / (k - 1))
-    return jnp.mean(jnp.tensordot(w.astype(xs.dtype), dev, axes=1)) / jnp.mean(sq_norms(chord))
+    n = chord.shape[0]
+    c = chord.reshape(n, -1)
+    c_norm = jnp.sqrt(jnp.sum(c**2, axis=1))
+    e = c / jnp.maximum(c_norm, jnp.finfo(xs.dtype).tiny)[:, None]
+
+    def parts(args):
+        x, t = args
+        u = velocity(x, jnp.full(x.shape[:1], t, xs.dtype)).reshape(n, -1)
+        along = jnp.sum(u * e, axis=1)
+        perp = u - along[:, None] * e
+        return jnp.sum(perp**2, axis=1), (along - c_norm) ** 2
+
+    dev_dir, dev_speed = jax.lax.map(parts, (xs, ts))  # (k, n) each
+    w = jnp.full((k,), 1.0 / (k - 1)).at[0].set(0.5 / (k - 1)).at[-1].set(0.5 / (k - 1)).astype(xs.dtype)
+    norm = jnp.mean(c_norm**2)
+    return (jnp.mean(jnp.tensordot(w, dev_dir, axes=1)) / norm,
+            jnp.mean(jnp.tensordot(w, dev_speed, axes=1)) / norm)
+
+
+def to_rectified(path: GaussianPath, x: ArrayLike, t: ArrayLike) -> tuple[jax.Array, jax.Array]:
+    """The rectified path's coordinates of a point ``x`` at time ``t`` of ``path``:
+    ``(x / (a(t) + b(t)), tau)`` with tau = b(t) / (a(t) + b(t)).
+
+    Dividing x_t = a x_0 + b z by a + b gives (1 - tau) x_0 + tau z, the rectified path at
+    time tau: the marginals match, and so do the flows of the two marginal velocities.
+    The VP probability flow's trajectory from z, divided by a + b, is the rectified
+    flow's trajectory from z / (a(1) + b(1)) at the times tau(t) (Kingma and Gao 2023;
+    Lipman et al. 2024; chapter 8). For the VP path a^2 + b^2 = 1, so the scale a + b
+    lies in [1, sqrt 2]. ``x`` is ``(n, *dims)`` and ``t`` a scalar or ``(n,)``; tau has
+    the shape of ``t``.
+    """
+    if not isinstance(path, GaussianPath):
+        raise TypeError(f"path: expected a companion.paths path, got {type(path).__name__}")
+    x = _check_data(x, "x")
+    t = check_times(t)
+    a, b = path.a(t), path.b(t)
+    return x / batch_broadcast(a + b, x), b / (a + b)

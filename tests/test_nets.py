@@ -68,6 +68,21 @@ def test_noise_prediction_parametrisation(embedding, sde):
     np.testing.assert_allclose(model(x, t) * s, raw, rtol=2e-4, atol=1e-6)
 
 
+def test_scale_output_false_keeps_the_preconditioning_and_drops_the_division():
+    """scale_output=False: the same input scaling and time input, the output not divided
+    by s(t) (chapter 8's velocity model); the default is the score model, unchanged."""
+    sde = sdes.VP()
+    plain = nets.ScoreMLP(2, hidden=16, depth=2, sde=sde, scale_output=False, rngs=nnx.Rngs(3))
+    score = nets.ScoreMLP(2, hidden=16, depth=2, sde=sde, rngs=nnx.Rngs(3))
+    assert score.scale_output
+    x = jax.random.normal(jax.random.key(4), (5, 2)) * 3
+    t = jnp.array([1e-3, 0.1, 0.4, 0.8, 1.0])
+    s = sde.kernel_std(t)[:, None]
+    np.testing.assert_allclose(plain(x, t), score(x, t) * s, rtol=2e-4, atol=1e-6)
+    with pytest.raises(TypeError, match="scale_output"):
+        nets.ScoreMLP(2, sde=sde, scale_output=1, rngs=nnx.Rngs(0))
+
+
 def test_time_input_is_the_normalised_log_noise_level(any_sde):
     sde = any_sde
     u = nets.time_input(jnp.array([nets.T_MIN, 0.01, 0.5, 1.0]), sde)

@@ -122,6 +122,70 @@ def test_saved_trajectory_and_straightness():
     np.testing.assert_allclose(paths.straightness(rot, xs), 1 / (2 * np.sin(0.5)) ** 2 - 1, rtol=1e-3)
 
 
+def test_straightness_parts_split_direction_from_speed():
+    x = jnp.array([[1.0, 0.0], [0.0, 2.0], [-1.0, 1.0]])
+    rot = lambda x, t: jnp.stack([-x[:, 1], x[:, 0]], axis=1)  # circular arcs of one radian
+    xs, _ = paths.integrate(rot, x, method="tsit5", n_saved=65)
+    s_dir, s_speed = paths.straightness_parts(rot, xs)
+    np.testing.assert_allclose(s_dir + s_speed, paths.straightness(rot, xs), rtol=1e-6)
+    # the velocity turns from -1/2 to +1/2 radian about the chord c = 2 r sin(1/2):
+    # S_dir = mean of r^2 sin^2 / c^2 = (1 - sin 1) / (8 sin^2(1/2))
+    np.testing.assert_allclose(s_dir, (1 - np.sin(1.0)) / (8 * np.sin(0.5) ** 2), rtol=1e-3)
+    # rays run at a varying speed, one of them turning back: no direction part at all
+    ray = lambda x, t: (1.0 - 3.0 * t[:, None]) * x  # speed changes sign at t = 1/3
+    xs, _ = paths.integrate(ray, x, method="tsit5", n_saved=65)
+    s_dir, s_speed = paths.straightness_parts(ray, xs)
+    assert float(s_dir) < 1e-10 and float(s_speed) > 0.1, (s_dir, s_speed)
+
+
+def test_isotropic_gaussian_trajectories_are_rays_with_a_speed_part():
+    """Data N(0, 4.25 I): every exact trajectory is a ray, S_dir = 0, and S is all speed
+    (the numbers of chapter 8: 0.79 rectified, 0.84 VP, up to the 2000-draw MC error)."""
+    from companion import toy
+
+    iso = toy.GaussianMixture(means=[[0.0, 0.0]], covs=[4.25 * np.eye(2)], weights=[1.0])
+    z = jax.random.normal(jax.random.key(0), (2000, 2))
+    for path, want in [(paths.Rectified(), 0.79), (paths.from_sde(VP), 0.84)]:
+        u = toy.exact_velocity(iso, path)
+        xs, _ = paths.integrate(u, z, method="heun", n_steps=128, n_saved=65)
+        s_dir, s_speed = paths.straightness_parts(u, xs)
+        assert float(s_dir) < 1e-8, s_dir
+        assert abs(float(s_speed) - want) < 0.03, (s_speed, want)
+
+
+def test_to_rectified_maps_the_vp_flow_onto_the_rectified_flow():
+    """The VP flow from z and the rectified flow from z / (a(1) + b(1)), started at
+    tau(1), solved to matched times t and tau(t), give the same points x / (a + b)."""
+    from companion import toy
+
+    mix = toy.GaussianMixture(means=[[-1.5, 0.5], [1.0, -1.0]], covs=[[[0.3, 0.1], [0.1, 0.2]], 0.5 * np.eye(2)],
+                              weights=[0.4, 0.6])
+    vp_path, rect = paths.from_sde(VP), paths.Rectified()
+    u_vp, u_rect = toy.exact_velocity(mix, vp_path), toy.exact_velocity(mix, rect)
+    z = jax.random.normal(jax.random.key(1), (400, 2))
+    y1, tau1 = paths.to_rectified(vp_path, z, 1.0)
+    for t_end in (0.6, 0.2, 0.0):
+        x_vp, _ = paths.integrate(u_vp, z, method="tsit5", rtol=1e-6, atol=1e-6, t1=t_end)
+        y_vp, tau_end = paths.to_rectified(vp_path, x_vp, t_end)
+        y_rect, _ = paths.integrate(u_rect, y1, method="tsit5", rtol=1e-6, atol=1e-6, t0=float(tau1),
+                                    t1=float(tau_end))
+        # float32 solutions of two ODEs to rtol 1e-6: agreement to a few 1e-4 in the worst point
+        np.testing.assert_allclose(y_rect, y_vp, atol=2e-3)
+        assert float(jnp.mean(jnp.abs(y_rect - y_vp))) < 1e-4
+    # the scale a + b of the VP path lies in [1, sqrt 2] (a^2 + b^2 = 1), tau runs from 0 to ~1
+    t = jnp.linspace(0.0, 1.0, 101)
+    y, tau = paths.to_rectified(vp_path, jnp.ones((101, 2)), t)
+    scale = 1.0 / y[:, 0]
+    assert float(scale.min()) >= 1 - 1e-6 and float(scale.max()) <= np.sqrt(2) + 1e-6
+    assert float(tau[0]) == 0.0 and np.all(np.diff(np.asarray(tau)) > 0) and 0.99 < float(tau[-1]) < 1
+    # the rectified path is its own rectified coordinates
+    y, tau = paths.to_rectified(rect, jnp.ones((101, 2)), t)
+    np.testing.assert_allclose(tau, t, atol=1e-7)
+    np.testing.assert_allclose(y, 1.0, rtol=1e-6)
+    with pytest.raises(TypeError, match="path"):
+        paths.to_rectified(VP, z, 0.5)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -1,16 +1,19 @@
 """Hidden tests of the exercises of chapter 8 (flow matching).
 
-* ``conditional_velocity(a, b, x0, z, t)``: a'(t) x0 + b'(t) z for a path given only by
-  its coefficient functions, Eq. (eq-conditional-velocity), chapter 8.
-* ``velocity_from_score(a, b, da, db, x, score)``: the marginal velocity from the score,
-  Eq. (eq-velocity-score), chapter 8.
-* ``fm_fisher_weight(a, b, da, db)`` (conceptual): the weight lambda(t) that makes the
+* ``conditional_velocity(a, b, x0, z, t)`` (warm-up): a'(t) x0 + b'(t) z for a path
+  given only by its coefficient functions (the conditional velocity of chapter 8), with
+  the derivatives taken by ``jax.grad`` and ``jax.vmap`` as the chapter shows.
+* ``velocity_from_score(a, b, da, db, x, score)`` (derivation): the marginal velocity
+  from the score. Chapter 8's table of parametrisations gives each of them in terms of
+  the noise prediction; the velocity in terms of the score is not printed.
+* ``fm_fisher_weight(a, b, da, db)`` (derivation): the weight lambda(t) that makes the
   flow-matching loss a weighted Fisher divergence of the score the velocity model
-  stands for (chapter 4's Eq. eq-weighted-fisher), a step chapter 8 prepares but does
-  not print.
+  stands for (chapter 4's weighted Fisher divergence), a step chapter 8 prepares but
+  does not print.
 
 The checks hand the reader's function plain arrays and plain functions (no path object),
-on paths other than the chapter's, in float32 and float64, with batches of one.
+on paths other than the chapter's, in float32 and float64, with batches of one. Known
+mistakes get a message that names them.
 """
 
 from __future__ import annotations
@@ -46,6 +49,23 @@ def _fm_fisher_weight(a, b, da, db):
 
 def _rng():
     return np.random.default_rng(20230201)
+
+
+def _d(f, t):
+    """f'(t) for a function f of an array of times, by autodiff one time at a time."""
+    return jax.vmap(jax.grad(lambda s: f(s[None])[0]))(jnp.asarray(t, jnp.float32))
+
+
+def _named(known, *, rtol, atol):
+    """A diagnosis for expect_close: the message of the first known wrong formula that
+    the answer matches (computed by the checker before the reader's function runs)."""
+    def diagnose(arr):
+        for value, message in known:
+            if np.shape(value) == arr.shape and np.allclose(arr, value, rtol=rtol, atol=atol):
+                return message
+        return None
+
+    return diagnose
 
 
 # Paths that are neither the rectified one nor an SDE's: (name, a, b), jnp functions of t (n,)
@@ -85,10 +105,19 @@ def _test_conditional_velocity(fn):
                                                  call_compiled_each(_conditional_velocity, f32)):
         # float32 derivatives: autodiff is exact to rounding; 2e-3 also accepts a careful
         # central difference
-        expect_close(got, want, what=what, rtol=2e-3, atol=2e-3)
-        position = np.asarray(a(jnp.asarray(t)))[:, None] * x0 + np.asarray(b(jnp.asarray(t)))[:, None] * z
-        if np.allclose(as_array(got, what), position, rtol=1e-3, atol=1e-3):
-            raise Mismatch(f"{what}: this is the point x_t itself, not its velocity")
+        av, bv = (np.asarray(f(jnp.asarray(t)), np.float64)[:, None] for f in (a, b))
+        wf = [np.asarray(w, np.float64) for w in (x0, z)]
+        dav = np.asarray(_d(a, t), np.float64)[:, None]
+        dbv = np.asarray(_d(b, t), np.float64)[:, None]
+        known = [
+            (av * wf[0] + bv * wf[1], "this is the point x_t itself, not its velocity"),
+            (-(dav * wf[0] + dbv * wf[1]), "the sign is flipped: the velocity is the derivative in t, "
+                                            "forward in time"),
+            (dav * wf[1] + dbv * wf[0], "x0 and z are swapped: a multiplies the data, b the noise"),
+            (dav * wf[0] + bv * wf[1], "b(t) multiplies z where its derivative b'(t) belongs"),
+            (av * wf[0] + dbv * wf[1], "a(t) multiplies x0 where its derivative a'(t) belongs"),
+        ]
+        expect_close(got, want, what=what, rtol=2e-3, atol=2e-3, diagnose=_named(known, rtol=1e-3, atol=1e-3))
 
 
 # ----------------------------------------------------------------------------- velocity_from_score
@@ -97,10 +126,11 @@ def _test_conditional_velocity(fn):
 @exercise(
     "velocity_from_score",
     chapter=8,
-    hint="Start from the conditional velocity, eliminate x0 with the path's equation, then replace the "
-    "noise by its conditional mean given x_t (Tweedie, chapter 4: it is a multiple of the score).",
-    hint2="After eliminating x0 the velocity is a multiple of x_t plus a multiple of z; the second "
-    "multiple involves both derivatives. Then E[z | x_t] = -b times the score.",
+    hint="The table of parametrisations in chapter 8 writes both the velocity and the score in terms of "
+    "the noise prediction z-hat. Eliminate z-hat between the two rows.",
+    hint2="From the score row, z-hat is a multiple of the score (mind the sign); put that into the velocity "
+    "row. The term in x does not change; only the coefficient of the noise changes into a coefficient of "
+    "the score.",
     reference=_velocity_from_score,
     blocked=("companion.losses:velocity_from_score", "companion.sde:LinearSDE.probability_flow_drift"),
 )
@@ -116,8 +146,26 @@ def _test_velocity_from_score(fn):
         score = rng.normal(size=(n, d)).astype(dtype)
         args = [dtype(v) if dtype is np.float64 else np.float32(v) for v in (a, b, da, db)]
         what = f"velocity_from_score (case {i + 1}: n = {n}, d = {d}, {np.dtype(dtype).name})"
-        want = _velocity_from_score(*(float(v) for v in args), x.astype(np.float64), score.astype(np.float64))
-        expect_close(fn(*args, x, score), want, what=what, rtol=1e-4, atol=1e-5)
+        a, b, da, db = (float(v) for v in args)
+        xf, sf = x.astype(np.float64), score.astype(np.float64)
+        want = _velocity_from_score(a, b, da, db, xf, sf)
+        noise_coef = db - da * b / a  # the velocity's coefficient of z-hat
+        known = [
+            (da / a * xf + b * noise_coef * sf, "the score term has the wrong sign: z-hat = -b times the "
+                                                "score (Tweedie), not +b times it"),
+            (da / a * xf + noise_coef * sf, "the score was used as the noise prediction: z-hat is -b times "
+                                            "the score"),
+            (da / a * xf - db * b * sf, "the a'/a part of the noise's coefficient is missing: eliminating "
+                                        "x0 moves a term a' b / a from the data onto the noise"),
+            (da / a * xf + (da * b**2 / a - db) * sf, "b' multiplies the score where b times b' belongs "
+                                                     "(z-hat = -b times the score)"),
+            ((da * b**2 / a - db * b) * sf, "the term (a'/a) x is missing: the data coefficient's part of "
+                                            "the velocity stays"),
+            (da * xf + (da * b**2 / a - db * b) * sf, "the term in x is a' x; eliminating x0 = (x - b z) / a "
+                                                      "divides it by a"),
+        ]
+        expect_close(fn(*args, x, score), want, what=what, rtol=1e-4, atol=1e-5,
+                     diagnose=_named(known, rtol=1e-4, atol=1e-5))
 
 
 # ----------------------------------------------------------------------------- fm_fisher_weight
@@ -126,11 +174,13 @@ def _test_velocity_from_score(fn):
 @exercise(
     "fm_fisher_weight",
     chapter=8,
-    hint="A velocity model stands for a score model through the velocity-score conversion, and so does "
-    "the exact velocity. Write the velocity error v - u in terms of the score error: what multiplies it?",
-    hint2="The term with x is the same in v and in u and cancels; what is left is one coefficient times "
-    "(model score - true score). The squared norm of the velocity error is then that coefficient squared "
-    "times the squared score error.",
+    hint="A velocity model stands for a score model through chapter 8's table of parametrisations, and so "
+    "does the exact velocity. Write the velocity error u_theta - u_t in terms of the score error: what "
+    "multiplies it?",
+    hint2="The term with x is the same in u_theta and in u_t and cancels. Do it in two stages: the velocity "
+    "error in terms of the noise-prediction error (chapter 8 writes that factor), then the noise-prediction "
+    "error in terms of the score error. lambda is whatever then multiplies |s_theta - score|^2. A check "
+    "of your own: on the VP path your lambda should depend on t through g(t) alone.",
     reference=_fm_fisher_weight,
 )
 def _test_fm_fisher_weight(fn):
@@ -138,9 +188,24 @@ def _test_fm_fisher_weight(fn):
     for (label, a_fn, b_fn), n, dtype in zip(_PATHS, [7, 1, 4], [np.float32, np.float64, np.float64]):
         t = jnp.asarray(rng.uniform(0.05, 0.95, size=n), jnp.float32)
         a, b = a_fn(t), b_fn(t)
-        da = jax.vmap(jax.grad(lambda s: a_fn(s[None])[0]))(t)
-        db = jax.vmap(jax.grad(lambda s: b_fn(s[None])[0]))(t)
+        da, db = _d(a_fn, t), _d(b_fn, t)
         args = [np.asarray(v, dtype) for v in (a, b, da, db)]
         what = f"fm_fisher_weight ({label}, n = {n}, {np.dtype(dtype).name})"
-        want = _fm_fisher_weight(*(np.asarray(v, np.float64) for v in args))
-        expect_close(fn(*args), want, what=what, rtol=1e-4, atol=1e-6)
+        a, b, da, db = (np.asarray(v, np.float64) for v in args)
+        want = _fm_fisher_weight(a, b, da, db)
+        coef = da * b**2 / a - db * b  # u_theta - u_t = coef (s_theta - score)
+        no_square = ("this is the coefficient itself, not its square (no square): the loss compares squared "
+                     "norms, so the factor in front of the score error appears squared")
+        known = [
+            (coef, no_square),
+            (np.abs(coef), no_square),
+            ((db - da * b / a) ** 2, "this is the weight on the noise-prediction error; the score error "
+                                     "carries one more factor: z-hat = -b times the score"),
+            ((da * b**2 / a - db) ** 2, "b' appears where b times b' belongs"),
+            ((da * b / a - db * b) ** 2, "a factor b is missing in the a' term (a' b^2 / a)"),
+            (1 / want, "this is the inverse: lambda multiplies the score error, |u_theta - u_t|^2 = "
+                       "lambda |s_theta - score|^2"),
+            (want / 2, "a factor 1/2 too small: both losses carry the same 1/2, so it cancels"),
+        ]
+        expect_close(fn(*args), want, what=what, rtol=1e-4, atol=1e-6,
+                     diagnose=_named(known, rtol=1e-4, atol=1e-6))
