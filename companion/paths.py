@@ -2,11 +2,12 @@
 
 A Gaussian path joins the data (t = 0) to the noise (t = 1) by
 
-    x_t = a(t) x_0 + b(t) z,        x_0 ~ p_data,  z ~ N(0, I),       (eq-gaussian-path)
+    x_t = a(t) x_0 + b(t) z,        x_0 ~ p_data,  z ~ N(0, I),       (a Gaussian path, chapter 8)
 
 with a(0) = 1, b(0) = 0 and a(1) ~ 0, b(1) ~ 1 (the course's convention: data at
 t = 0, noise at t = 1). Its *conditional velocity*, the time derivative of x_t with
-x_0 and z held fixed, is a'(t) x_0 + b'(t) z (Eq. eq-conditional-velocity, chapter 8).
+x_0 and z held fixed, is a'(t) x_0 + b'(t) z (the conditional velocity, chapter 8). a and b
+are the perturbation kernel's coefficients of chapter 2 when the path is an SDE's.
 
 =====================  ====================  ==================  ==========================
 path                   a(t)                  b(t)                remark
@@ -15,12 +16,12 @@ path                   a(t)                  b(t)                remark
                                                                  (Liu et al. 2023; Lipman
                                                                  et al. 2023 with sigma_min
                                                                  = 0)
-:func:`from_sde`       m(t) of the SDE       s(t) of the SDE     the paths of chapters 2-5
+:func:`from_sde`       a(t) of the SDE       b(t) of the SDE     the paths of chapters 2-5
 =====================  ====================  ==================  ==========================
 
 Every path gives a, b, their derivatives ``da``, ``db`` and the product
 ``b_db`` = b b' = (b^2)'/2, which stays finite where b' does not (for the VP and VE
-paths s(t) ~ sqrt(t) near t = 0, so b'(0) is infinite but b b' is not). Formulas that
+paths b(t) ~ sqrt(t) near t = 0, so b'(0) is infinite but b b' is not). Formulas that
 must hold at both ends (:func:`companion.toy.exact_velocity`, the velocity-score
 conversion of :mod:`companion.losses`) are written with ``b_db``.
 
@@ -71,7 +72,7 @@ def _check_data(x, name: str):
 
 
 class GaussianPath:
-    """x_t = a(t) x_0 + b(t) z (Eq. eq-gaussian-path). Subclasses define the five functions
+    """x_t = a(t) x_0 + b(t) z (a Gaussian path, chapter 8). Subclasses define the five functions
     ``a``, ``b``, ``da``, ``db``, ``b_db`` of a time ``t`` (scalar or ``(n,)``)."""
 
     T = 1.0
@@ -110,13 +111,13 @@ class GaussianPath:
         return self.interpolate(x0, z, t), z
 
     def interpolate(self, x0: ArrayLike, z: ArrayLike, t: ArrayLike) -> jax.Array:
-        """a(t) x0 + b(t) z (Eq. eq-gaussian-path) for given data and noise."""
+        """a(t) x0 + b(t) z (the Gaussian path) for given data and noise."""
         x0, z = _check_data(x0, "x0"), _check_data(z, "z")
         t = check_times(t)
         return batch_broadcast(self.a(t), x0) * x0 + batch_broadcast(self.b(t), x0) * z
 
     def conditional_velocity(self, x0: ArrayLike, z: ArrayLike, t: ArrayLike) -> jax.Array:
-        """a'(t) x0 + b'(t) z: d x_t / dt with x0 and z fixed (Eq. eq-conditional-velocity)."""
+        """a'(t) x0 + b'(t) z: d x_t / dt with x0 and z fixed (the conditional velocity)."""
         x0, z = _check_data(x0, "x0"), _check_data(z, "z")
         t = check_times(t)
         return batch_broadcast(self.da(t), x0) * x0 + batch_broadcast(self.db(t), x0) * z
@@ -148,14 +149,15 @@ class Rectified(GaussianPath):
 
 @dataclasses.dataclass(frozen=True)
 class SDEPath(GaussianPath):
-    """The path of a linear SDE (chapter 2): a = m(t), b = s(t), the perturbation kernel.
+    """The path of a linear SDE (chapter 2): a(t) and b(t) are its perturbation kernel's
+    mean coefficient and std, p_0t(x_t | x_0) = N(a x_0, b^2 I).
 
-    With the SDE's drift coefficient alpha(t) (f = alpha x) and diffusion g(t),
-    m' = alpha m and, from the moment equation (s^2)' = 2 alpha s^2 + g^2,
-    b b' = alpha s^2 + g^2 / 2 and b' = alpha s + g^2 / (2 s).
+    With the SDE's drift coefficient A(t) (f = A x) and diffusion g(t), a' = A a and,
+    from the moment equation (b^2)' = 2 A b^2 + g^2, b b' = A b^2 + g^2 / 2 and
+    b' = A b + g^2 / (2 b); so b' - a' b / a = g^2 / (2 b) (chapter 8).
 
-    For the VE SDE a = 1 and b(1) = s(1) is large (the prior's std), so x_1 is not
-    N(0, I): a path need not end at a unit Gaussian, only at a known prior.
+    For the VE SDE a = 1 and b(1) is large (the prior's std), so x_1 is not N(0, I): a
+    path need not end at a unit Gaussian, only at a known prior.
     """
 
     sde: LinearSDE
@@ -182,7 +184,7 @@ class SDEPath(GaussianPath):
 
 
 def from_sde(sde: LinearSDE) -> SDEPath:
-    """The Gaussian path of a linear SDE: a(t) = m(t), b(t) = s(t) (see :class:`SDEPath`)."""
+    """The Gaussian path of a linear SDE: its kernel's a(t) and b(t) (see :class:`SDEPath`)."""
     return SDEPath(sde)
 
 
