@@ -66,8 +66,12 @@ __all__ = [
     "velocity_net",
     "dsm_fm_weight",
     "couplings",
+    "train_compared",
+    "train_rectified",
     "train_all",
+    "checkpoint_path",
     "load",
+    "save",
     "main",
 ]
 
@@ -215,11 +219,12 @@ def checkpoint_path(directory: Path, name: str, seed: int | None = None) -> Path
 def load(directory: str | Path = CHECKPOINT_DIR, *, seeds: Sequence[int] = SEEDS) -> dict:
     """The shipped (or ``directory``'s) models, as :func:`train_all` returns them (without
     ``"seconds"``): a tuple of models per seed for the names of :data:`COMPARED`."""
-    out = {name: tuple(training.load_checkpoint(training.template(_MAKE[name]),
-                                                checkpoint_path(directory, name, seed)) for seed in seeds)
+    templates = {make: training.template(make) for make in set(_MAKE.values())}  # not modified by loading
+    out = {name: tuple(training.load_checkpoint(templates[_MAKE[name]], checkpoint_path(directory, name, seed))
+                       for seed in seeds)
            for name in COMPARED}
     for name in ("fm_rectified", "reflow"):
-        out[name] = training.load_checkpoint(training.template(_MAKE[name]), checkpoint_path(directory, name))
+        out[name] = training.load_checkpoint(templates[_MAKE[name]], checkpoint_path(directory, name))
     return out
 
 
