@@ -189,9 +189,9 @@ def _test_pf_drift(fn):
     hint="The instantaneous change of variables (chapter 5) integrates the divergence: the trace "
     "of each sample's own Jacobian, one number per sample; the batch function's full Jacobian "
     "mixes samples.",
-    hint2="The box before the exercises: jax.jacfwd of a one-sample function (add and remove the "
-    "batch axis), vmapped over the batch, then the trace; or one jax.jvp per coordinate "
-    "direction, keeping the matching coordinate of each product.",
+    hint2="The JAX box of chapter 5's likelihood section: jax.jacfwd of a one-sample function "
+    "(add and remove the batch axis), vmapped over the batch, then the trace; or one jax.jvp "
+    "per coordinate direction, keeping the matching coordinate of each product.",
     blocked=(
         "companion.divergence:exact_divergence",
         "companion.divergence:hutchinson_divergence",

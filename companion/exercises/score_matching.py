@@ -103,8 +103,8 @@ def _diagnose_hutchinson(arr, fn, x, xi):
     hint="Skilling and Hutchinson's trace estimator (chapter 4, sliced score matching): for each "
     "probe, the quadratic form of the Jacobian in that probe, then one estimate per sample; never "
     "build the Jacobian.",
-    hint2="The box before the exercises shows jax.jvp on a whole batch and jax.vmap over a leading "
-    "axis. Dot each Jacobian-vector product with its own probe over each sample's coordinates "
+    hint2="The JAX box of chapter 4's sliced score-matching section shows jax.jvp on a whole "
+    "batch and jax.vmap over a leading axis. Dot each Jacobian-vector product with its own probe over each sample's coordinates "
     "(not over the batch), then combine the probes so that the estimate does not depend on how "
     "many there are.",
     blocked=("companion.divergence:hutchinson_divergence", "companion.divergence:exact_divergence"),
@@ -289,11 +289,12 @@ def _langevin_cases():
 
 
 def _z_probes(x):
-    """The noises a step is called with: z = 0, each basis vector e_j, and a random z."""
-    zeros = jnp.zeros_like(x)
-    basis = [zeros.at[:, j].set(1.0) for j in range(x.shape[1])]
-    z = jnp.asarray(np.random.default_rng(7).normal(size=x.shape), x.dtype)
-    return [zeros, *basis, z]
+    """The noises a step is called with: z = 0, each basis vector e_j, and a random z
+    (NumPy arrays: no compilation)."""
+    n, d = x.shape
+    zeros = np.zeros((n, d), np.float32)
+    basis = [np.broadcast_to(np.eye(d, dtype=np.float32)[j], (n, d)) for j in range(d)]
+    return [zeros, *basis, np.random.default_rng(7).normal(size=(n, d)).astype(np.float32)]
 
 
 def _affine_in_z(outs, x):
@@ -346,20 +347,27 @@ def _diagnose_mean(arr, score, x, step, M):
     hint="Chapter 3 showed that Langevin dynamics leaves p in place by writing its Fokker-Planck "
     "equation. Do the same with the drift M times the score and a noise of unknown covariance: "
     "which covariance makes the right-hand side vanish at p? Then discretise as the chapter does.",
-    hint2="With drift M grad log p and noise sqrt(2) S dw, the diffusion term of Fokker-Planck is "
-    "div(S S^T grad rho). Choose S S^T so that at rho = p it cancels the drift term (use "
-    "p grad log p = grad p). One Euler-Maruyama step of size step_size then needs a matrix "
-    "square root of that covariance (any: Cholesky is one).",
+    hint2="With drift M grad log p and noise sqrt(2) S dw, the diffusion term of the Fokker-Planck "
+    "equation of the chain's density is div(S S^T grad of that density). Choose S S^T so that, "
+    "when the chain's density is p, it cancels the drift term (use p grad log p = grad p). "
+    "One Euler-Maruyama step of size step_size then needs a matrix square root of that "
+    "covariance (any: Cholesky is one).",
     reference=_preconditioned_langevin,
 )
 def _test_preconditioned_langevin(fn):
     cases = _langevin_cases()
-    calls = [(score, x, z, step, M) for _, score, x, step, M in cases for z in _z_probes(x)]
-    outs = iter(call_compiled_each(fn, calls))  # every call of every case: one program
-    for label, score, x, step, M in cases:
+    # each case is one call: its points repeated, once per noise of _z_probes (samples do
+    # not interact), and all the cases are one compiled program
+    calls = [(score, jnp.asarray(np.tile(x, (x.shape[1] + 2, 1))), jnp.asarray(np.concatenate(_z_probes(x))),
+              step, M) for _, score, x, step, M in cases]
+    scores = call_compiled_each(lambda score, x: score(x), [(score, x) for _, score, x, _, _ in cases])
+    for (label, score, x, step, M), out, s in zip(cases, call_compiled_each(fn, calls), scores):
         what = f"preconditioned_langevin ({label})"
-        mean, C = _affine_in_z([next(outs) for _ in range(x.shape[1] + 2)], x)
-        want_mean = np.asarray(x + step * score(x) @ M.T, np.float64)
+        out = as_array(out, what)
+        if out.shape != (x.shape[0] * (x.shape[1] + 2), x.shape[1]):
+            raise Mismatch(f"{what}: expected the new points, one per row of x, got shape {out.shape}")
+        mean, C = _affine_in_z(list(out.reshape(x.shape[1] + 2, *x.shape)), x)
+        want_mean = np.asarray(x, np.float64) + step * np.asarray(s, np.float64) @ np.asarray(M, np.float64).T
         expect_close(mean, want_mean, what=what + ", the move with z = 0", rtol=1e-4, atol=1e-4,
                      diagnose=lambda a, score=score, x=x, step=step, M=M: _diagnose_mean(a, score, x, step, M))
         # any square root of the covariance is right: compare C C^T, per sample
