@@ -54,8 +54,7 @@ def log_prob(sde: LinearSDE, score_fn: ScoreFn, x: ArrayLike, *, key: jax.Array 
 
     Solves (x, Delta) from ``t = eps`` to ``T`` with dx/dt = F (the probability flow) and
     dDelta/dt = div F (the instantaneous change of variables, chapter 5), adaptive
-    ``solver`` (default Tsit5)
-    with a PID controller at ``rtol``/``atol``, then returns
+    ``solver`` (default Tsit5) with a PID controller at ``rtol``/``atol``, then returns
     ``sde.prior_log_prob(x(T)) + Delta(T)``. Each sample is its own ODE (``vmap``), so a
     sample's result does not depend on the rest of the batch.
 
