@@ -176,16 +176,12 @@ class ScoreMLP(nnx.Module):
             ``"sinusoidal"``. A small scale (2: a few oscillations over the range of
             :func:`time_input`) keeps the network smooth in time; large ones (8, 16) make
             the probability flow rough and slow to solve (chapter 5).
-        sde: if given, the noise-prediction parametrisation (Eq. eq-noise-prediction,
-            chapter 4): input scaled by ``1 / sqrt(m(t)^2 + s(t)^2)``, output divided by
-            the kernel std ``s(t)``, time entering as the normalised log noise level
-            (:func:`time_input`). Without it the network outputs the score directly and
-            sees ``t``.
-        scale_output: with ``sde`` given, whether the output is divided by ``s(t)``
-            (default, the noise-prediction parametrisation of a score model). ``False``
-            keeps the input scaling and the log-noise-level time input and returns the
-            trunk's output as it is: a velocity model of the SDE's path with the score
-            model's preconditioning (chapter 8 compares the two on equal terms).
+        sde: if given, the noise-prediction parametrisation (chapter 4): input scaled by
+            ``1 / sqrt(a(t)^2 + b(t)^2)``, output divided by the kernel std ``b(t)``, time entering as
+            the normalised log noise level (:func:`time_input`); without it the output is the score and
+            the network sees ``t``.
+        scale_output: ``False``: with ``sde``, the same input scaling and time input but the output
+            not divided by ``b(t)`` (chapter 8's velocity model with the score model's preconditioning).
         rngs: ``nnx.Rngs`` for the initial weights (and the Fourier frequencies).
     """
 
@@ -196,11 +192,7 @@ class ScoreMLP(nnx.Module):
             raise TypeError(f"sde: expected a companion.sde SDE or None, got {type(sde).__name__}")
         if not isinstance(rngs, nnx.Rngs):
             raise TypeError(f"rngs: expected nnx.Rngs, got {type(rngs).__name__}")
-        if not isinstance(scale_output, bool):
-            raise TypeError(f"scale_output: expected True or False, got {scale_output!r}")
-        self.dims = _dims(dim)
-        self.sde = sde
-        self.scale_output = scale_output
+        self.dims, self.sde, self.scale_output = _dims(dim), sde, bool(scale_output)
         d = math.prod(self.dims)
         self.trunk = _Trunk(d, hidden=hidden, depth=depth, embed_dim=embed_dim, embedding=embedding,
                             fourier_scale=fourier_scale, rngs=rngs)

@@ -79,8 +79,6 @@ def test_scale_output_false_keeps_the_preconditioning_and_drops_the_division():
     t = jnp.array([1e-3, 0.1, 0.4, 0.8, 1.0])
     s = sde.kernel_std(t)[:, None]
     np.testing.assert_allclose(plain(x, t), score(x, t) * s, rtol=2e-4, atol=1e-6)
-    with pytest.raises(TypeError, match="scale_output"):
-        nets.ScoreMLP(2, sde=sde, scale_output=1, rngs=nnx.Rngs(0))
 
 
 def test_time_input_is_the_normalised_log_noise_level(any_sde):
