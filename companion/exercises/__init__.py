@@ -22,7 +22,7 @@ from companion.exercises._core import (
 from companion.exercises._progress import progress_path
 
 # Importing a chapter's module registers its exercises (book order is by chapter number).
-from companion.exercises import odes  # noqa: F401  chapter 1
+from companion.exercises import odes, orders  # noqa: F401  chapter 1
 from companion.exercises import sdes, reverse  # noqa: F401  chapters 2 and 3
 from companion.exercises import score_matching, flow  # noqa: F401  chapters 4, 5
 from companion.exercises import mixtures, images  # noqa: F401  chapters 6, 7
