@@ -513,3 +513,13 @@ def test_factor_words(ratio, words):
     said = _core.factor_words(ratio)
     assert words in said, said
     assert "." not in said  # a round number at most: no digits a reader could divide by
+
+
+def test_the_generic_mismatch_gives_the_error_to_its_order_of_magnitude_only():
+    want = np.array([1.0, 2.0, 3.0])
+    with pytest.raises(_core.Mismatch) as e:
+        _core.expect_close(want * 1.0123, want, what="x", rtol=1e-6, atol=0.0)
+    said = str(e.value)
+    assert "3 of 3 values differ" in said and "between 10^4 and 10^5 times the tolerance" in said
+    assert "1.23" not in said and "12300" not in said  # no digits that give the ratio away
+    assert _core.error_size(3.7) == "less than 10 times the tolerance"

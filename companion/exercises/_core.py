@@ -24,12 +24,13 @@ import numpy as np
 
 from companion.exercises._cache import fingerprint, same
 from companion.exercises._progress import progress_path, read_passed, record_pass
+from companion.exercises._words import error_size, factor_words
 
 __all__ = [
     "Mismatch", "WriteItYourself", "Exercise", "exercise", "blocking", "Text", "hint", "names",
     "get", "check", "Progress", "progress", "as_array",
     "is_close", "as_pair",
-    "expect_close", "watched", "factor_words",
+    "expect_close", "error_size", "watched", "factor_words",
 ]
 
 
@@ -388,29 +389,7 @@ def expect_close(got: Any, want: Any, *, what: str, rtol: float, atol: float,
         err = np.max(np.abs(arr - want) / (atol + rtol * np.abs(want)))
         raise Mismatch(
             f"{what}: {np.size(close) - np.count_nonzero(close)} of {np.size(close)} values "
-            f"differ from the reference (worst error {err:.3g} times the tolerance)"
+            f"differ from the reference (the worst by {error_size(err)})"
         )
 
 
-def factor_words(ratio: float) -> str:
-    """How a reader's value compares with the right one, in words that do not give the
-    right value away: "about twice", "about half", "about 3 times", "off by a factor
-    close to 1", "of the wrong sign". Diagnoses use it instead of printing the ratio to
-    three digits, which with the reader's own value would recover the reference."""
-    r = float(ratio)
-    if not np.isfinite(r) or r == 0:
-        return "not a multiple of the right value"
-    if r < 0:
-        return "of the wrong sign" + ("" if abs(abs(r) - 1) > 0.1 else " (and about the right size)")
-    big = max(r, 1 / r)
-    if big < 1.5:
-        return "off by a factor close to 1"
-    words = {2: "twice", 3: "3 times", 4: "4 times"}
-    n = round(big)
-    if abs(big - n) > 0.25 * n or n > 4:
-        size = f"about {10 ** round(np.log10(big)):g} times" if big >= 5 else "a few times"
-        return f"{size} {'too large' if r > 1 else 'too small'}"
-    if r > 1:
-        return f"about {words[n]} the right value" if n in words else "a few times too large"
-    return {2: "about half the right value", 3: "about a third of the right value",
-            4: "about a quarter of the right value"}[n]
