@@ -7,9 +7,9 @@ a scalar or shape ``(n,)``, so a score model *is* a score function in the sense 
 * :class:`ScoreMLP` (chapters 4 and 5): an MLP whose hidden layers all receive an
   embedding of the time (Gaussian Fourier features, Tancik et al. 2020, as in Song et al.
   2021, or fixed sinusoids). With ``sde`` given it uses the *noise-prediction
-  parametrisation* (Eq. eq-noise-prediction, chapter 4): the network sees
-  ``x / sqrt(m(t)^2 + s(t)^2)`` (unit scale for unit-variance data), its output is
-  divided by the kernel std ``s(t)``, so it predicts ``-z`` where ``x_t = m x_0 + s z``,
+  parametrisation* (chapter 4's noise prediction): the network sees
+  ``x / sqrt(a(t)^2 + b(t)^2)`` (unit scale for unit-variance data), its output is
+  divided by the kernel std ``b(t)``, so it predicts ``-z`` where ``x_t = a x_0 + b z``,
   and it is conditioned on the log noise level rather than on t (see :func:`time_input`).
 * :class:`TimeClassifier` (chapter 6): the same trunk ending in ``n_classes`` logits, a
   classifier of noisy inputs ``x_t`` for classifier guidance.
@@ -90,14 +90,14 @@ T_MIN = 1e-5
 def time_input(t: ArrayLike, sde: LinearSDE | None) -> jax.Array:
     """What the time embedding sees, about [0, 1] over the times that matter.
 
-    Without an SDE: ``t`` itself. With one: the log noise level log sigma(t),
-    sigma = s(t) / m(t), mapped affinely so that t = T_MIN gives 0 and t = T gives 1
+    Without an SDE: ``t`` itself. With one: the log noise-to-signal ratio log nu(t),
+    nu = b(t) / a(t), mapped affinely so that t = T_MIN gives 0 and t = T gives 1
     (noise-level conditioning, as in Song and Ermon 2019 and Karras et al. 2022). The
-    score changes on the scale of sigma, not of t: near t = 0, sigma ~ sqrt(t) for VP, and
-    a network fed t must resolve very fast changes there. Conditioning on log sigma makes
-    the network smooth in log sigma, which is what the fast ODE samplers of chapter 5
+    score changes on the scale of nu, not of t: near t = 0, nu ~ sqrt(t) for VP, and
+    a network fed t must resolve very fast changes there. Conditioning on log nu makes
+    the network smooth in log nu, which is what the fast ODE samplers of chapter 5
     integrate over (chapter 7 measures the difference on its U-Net: Tsit5's NFE and
-    DPM-Solver's error with t and Fourier scale 8 against log sigma and scale 2).
+    DPM-Solver's error with t and Fourier scale 8 against log nu and scale 2).
     """
     if sde is None:
         return t
