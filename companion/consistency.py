@@ -62,8 +62,8 @@ from companion.sde import VP, LinearSDE, ScoreFn, batch_broadcast, check_cutoff
 __all__ = [
     "TEACHER_STEPS", "coefficients", "ConsistencyModel", "time_grid", "teacher_step", "ConsistencyLoss",
     "distillation", "consistency_training", "fit_with_target", "sample", "errors_by_band",
-    "CHECKPOINT_DIR", "NAMES", "SDE", "SIGMA_DATA", "NET", "TRAINING", "model", "teacher", "train_all", "load",
-    "main",
+    "CHECKPOINT_DIR", "NAMES", "SDE", "SIGMA_DATA", "NET", "TRAINING", "ABLATIONS", "model", "teacher",
+    "train_all", "train_ablations", "load", "main",
 ]
 
 #: The teacher solvers of :func:`teacher_step`.
@@ -211,12 +211,14 @@ def consistency_training(sde: LinearSDE, *, n_steps: int = 18, eps: float = DEFA
 
 def fit_with_target(model: nnx.Module, loss: ConsistencyLoss, data: Callable, *, target_decay: float, steps: int,
                     batch_size: int, key: jax.Array, learning_rate: float = 1e-3, warmup_steps: int = 100,
-                    clip_norm: float | None = 1.0) -> tuple[nnx.Module, dict]:
+                    clip_norm: float | None = 1.0,
+                    optimizer: optax.GradientTransformation | None = None) -> tuple[nnx.Module, dict]:
     """:func:`companion.training.fit`'s loop (Adam, clipping, warm-up, step ``i`` keyed by
     ``fold_in(key, i)``, fresh samples ``data(key, batch_size)``) with a target network:
     theta^- <- mu theta^- + (1 - mu) theta after every step, ``mu = target_decay`` in
     [0, 1), theta^- starting at theta. ``target_decay=0`` is ``training.fit`` on
-    ``loss`` (the stop-gradient target). Returns the online model and
+    ``loss`` (the stop-gradient target). ``optimizer`` replaces the Adam of
+    :func:`companion.training.make_optimizer`. Returns the online model and
     ``{"loss": (steps,)}``."""
     if not 0 <= target_decay < 1:
         raise ValueError(f"target_decay: expected a number in [0, 1), got {target_decay}")
@@ -224,7 +226,7 @@ def fit_with_target(model: nnx.Module, loss: ConsistencyLoss, data: Callable, *,
         raise TypeError(f"data: expected a function sample(key, n), got {type(data).__name__}")
     steps = check_positive_int("steps", steps)
     batch_size = check_positive_int("batch_size", batch_size)
-    tx = training.make_optimizer(learning_rate, warmup_steps=warmup_steps, clip_norm=clip_norm)
+    tx = optimizer or training.make_optimizer(learning_rate, warmup_steps=warmup_steps, clip_norm=clip_norm)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def one_step(i, carry):
@@ -311,15 +313,43 @@ def teacher() -> nnx.Module:
     return training.load_checkpoint(training.template(make), CHECKPOINT_DIR / "mixtures_2d.msgpack")
 
 
+def _optimizer(cfg):
+    """Adam on the warm-up-then-cosine schedule of ``cfg`` (:data:`TRAINING`)."""
+    lr, steps = cfg["learning_rate"], cfg["steps"]
+    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, cfg["warmup_steps"], steps, 0.01 * lr)
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
+
+
+#: The ablations of ``cd_exact`` (seed 0): the grid (``n40``: N = 40 intervals) and the
+#: target (``target0`` / ``ema95``: :func:`fit_with_target` with target_decay 0 / 0.95).
+ABLATIONS = ("n40", "target0", "ema95")
+
+
+def train_ablations(*, seed: int = 0) -> dict:
+    """The models of :data:`ABLATIONS`, ``{name: model}``: ``cd_exact``'s budget and
+    optimiser; ``target0`` and ``ema95`` without the EMA of the returned weights (their
+    loop does not keep one), so they compare with each other."""
+    mix, cfg = toy.four_gaussians_2d(), TRAINING
+    score, key = toy.exact_score(mix, SDE), jax.random.key(seed)
+    out = {"n40": training.fit(model(seed), distillation(SDE, score, n_steps=40), mix.sample, key=key,
+                               steps=cfg["steps"], batch_size=cfg["batch_size"], ema_decay=cfg["ema_decay"],
+                               optimizer=_optimizer(cfg), progress=False)[0]}
+    for name, mu in (("target0", 0.0), ("ema95", 0.95)):
+        out[name] = fit_with_target(model(seed), distillation(SDE, score, n_steps=cfg["n_steps"]), mix.sample,
+                                    target_decay=mu, steps=cfg["steps"], batch_size=cfg["batch_size"], key=key,
+                                    optimizer=_optimizer(cfg))[0]
+    return out
+
+
 def train_all(*, seed: int = 0, progress: bool = True) -> dict:
     """Train the three models of :data:`NAMES` on fresh samples of
     :func:`companion.toy.four_gaussians_2d` with :func:`companion.training.fit` (the
     stop-gradient target; ``TRAINING``); returns ``{name: model}``."""
     mix = toy.four_gaussians_2d()
     cfg = dict(TRAINING)
-    n_steps, lr, warmup = cfg.pop("n_steps"), cfg.pop("learning_rate"), cfg.pop("warmup_steps")
-    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, cfg["steps"], 0.01 * lr)
-    cfg["optimizer"] = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
+    cfg["optimizer"] = _optimizer(cfg)
+    n_steps = cfg.pop("n_steps")
+    del cfg["learning_rate"], cfg["warmup_steps"]
     jobs = {"cd_exact": distillation(SDE, toy.exact_score(mix, SDE), n_steps=n_steps),
             "cd_learned": distillation(SDE, teacher(), n_steps=n_steps),
             "ct": consistency_training(SDE, n_steps=n_steps)}
@@ -328,12 +358,13 @@ def train_all(*, seed: int = 0, progress: bool = True) -> dict:
             for name, k in zip(NAMES, keys)}
 
 
-def load(directory: str | Path = CHECKPOINT_DIR, seed: int = 0) -> dict:
-    """The shipped (or ``directory``'s) models ``{name: model}``; ``seed`` 1 are the
-    second training seed's (``consistency_<name>_seed1.msgpack``)."""
+def load(directory: str | Path = CHECKPOINT_DIR, seed: int = 0, names: Sequence[str] = NAMES) -> dict:
+    """The shipped (or ``directory``'s) models ``{name: model}`` for ``names`` (:data:`NAMES`
+    or :data:`ABLATIONS`); ``seed`` 1 are the second training seed's
+    (``consistency_<name>_seed1.msgpack``)."""
     suffix = "" if seed == 0 else f"_seed{seed}"
     return {name: training.load_checkpoint(training.template(model), Path(directory) /
-                                           f"consistency_{name}{suffix}.msgpack") for name in NAMES}
+                                           f"consistency_{name}{suffix}.msgpack") for name in names}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -341,9 +372,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train chapter 9's consistency models.")
     parser.add_argument("--out-dir", default=str(CHECKPOINT_DIR))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ablations", action="store_true", help="train the ABLATIONS instead")
     args = parser.parse_args(argv)
     suffix = "" if args.seed == 0 else f"_seed{args.seed}"
-    for name, m in train_all(seed=args.seed).items():
+    trained = train_ablations(seed=args.seed) if args.ablations else train_all(seed=args.seed)
+    for name, m in trained.items():
         training.save_checkpoint(m, Path(args.out_dir) / f"consistency_{name}{suffix}.msgpack")
 
 
