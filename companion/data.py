@@ -6,9 +6,9 @@ them as integer *levels* of shape ``(n, 8, 8, 1)`` (NHWC, one channel) with a fi
 train/test split drawn from a seed (1 437 train, 360 test by default).
 
 **The model's range.** Score models see continuous data in ``[-1, 1]``: a level ``v``
-out of ``L`` is *uniformly dequantised* (Eq. eq-dequantisation, chapter 5),
+out of ``L`` is *uniformly dequantised* (the dequantisation of chapter 5),
 
-    y = -1 + 2 (v + u) / L,        u ~ U[0, 1),                         (eq-digit-scale)
+    y = -1 + 2 (v + u) / L,        u ~ U[0, 1),
 
 so that bin ``v`` is the interval ``[-1 + 2v/L, -1 + 2(v+1)/L)`` of width ``2/L``. This is
 the ``data_range=(-1, 1)`` of :func:`companion.likelihood.bits_per_dim`, so the bits per
@@ -103,7 +103,7 @@ def _check_levels(levels, n_levels):
 
 
 def dequantize(key: jax.Array, levels: ArrayLike, n_levels: int = DIGITS_LEVELS) -> jax.Array:
-    """Uniformly dequantised data in ``[-1, 1)`` (Eq. eq-digit-scale): ``-1 + 2 (v + u) / L``.
+    """Uniformly dequantised data in ``[-1, 1)`` (chapter 7, "The data"): ``-1 + 2 (v + u) / L``.
 
     A fresh ``u ~ U[0, 1)`` per entry from ``key``; float32, shaped like ``levels``.
     """

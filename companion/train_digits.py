@@ -12,7 +12,7 @@ the machine). ``--evaluate`` then wrote ``digits_unet_evaluation.json`` (:func:`
 and :func:`train_classifier` when its ``RETRAIN`` flag is set.
 
 The data: the train split of :func:`companion.data.load_digits` (1 437 images), uniformly
-dequantised afresh at every step into ``[-1, 1]`` (Eq. eq-digit-scale), so the model is a
+dequantised afresh at every step into ``[-1, 1]`` (chapter 7, "The data"), so the model is a
 density of the dequantised data and its bits per dimension are those of the digits.
 
 * Score model: :class:`companion.nets.UNet` with the noise-prediction parametrisation and
