@@ -20,6 +20,7 @@ import functools
 import importlib
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -103,10 +104,9 @@ _SOLVERS = (
 
 
 def _is_identity(b):
-    try:
-        b = np.asarray(b)
-    except Exception:  # a tracer: cannot be looked at
+    if isinstance(b, jax.core.Tracer):  # a traced value cannot be looked at
         return False
+    b = np.asarray(b)
     return b.ndim == 2 and b.shape[0] == b.shape[1] > 1 and np.array_equal(b, np.eye(b.shape[0]))
 
 
@@ -133,23 +133,16 @@ def _no_identity_solves(fn):
             module, _, attr = path.partition(":")
             owner = importlib.import_module(module)
             original = getattr(owner, attr)
-            replacement = watch(original, path.replace(":", "."))
-            undo.append((owner, attr, original))
-            setattr(owner, attr, replacement)
-            swapped[id(original)] = replacement
-        namespace = getattr(fn, "__globals__", None)
-        if isinstance(namespace, dict):
-            for key, value in list(namespace.items()):
-                if id(value) in swapped:
-                    undo.append((namespace, key, value))
-                    namespace[key] = swapped[id(value)]
+            undo.append((owner.__dict__, attr, original))
+            swapped[id(original)] = owner.__dict__[attr] = watch(original, path.replace(":", "."))
+        namespace = getattr(fn, "__globals__", {})  # names the reader imported from those modules
+        for key, value in [(k, v) for k, v in namespace.items() if id(v) in swapped]:
+            undo.append((namespace, key, value))
+            namespace[key] = swapped[id(value)]
         yield
     finally:
-        for owner, attr, original in reversed(undo):
-            if isinstance(owner, dict):
-                owner[attr] = original
-            else:
-                setattr(owner, attr, original)
+        for where, attr, original in reversed(undo):
+            where[attr] = original
 
 
 @exercise(
@@ -299,8 +292,7 @@ def _coefficients(score_fn, sde, x_t, t):
     """a(t), b(t) shaped to broadcast over x_t (float64), and the score at (x_t, t)."""
     t = jnp.asarray(t, jnp.float32)
     shape = (-1,) + (1,) * (x_t.ndim - 1) if t.ndim else ()
-    a = np.asarray(sde.mean_coefficient(t), np.float64).reshape(shape)
-    b = np.asarray(sde.kernel_std(t), np.float64).reshape(shape)
+    a, b = (np.asarray(f(t), np.float64).reshape(shape) for f in (sde.mean_coefficient, sde.kernel_std))
     return a, b, np.asarray(score_fn(jnp.asarray(x_t), t), np.float64)
 
 
@@ -311,7 +303,6 @@ def _unet():
     """The shipped U-Net as a compiled score function (one compilation per input shape)."""
     if not _UNET:
         from flax import nnx
-
         from companion import train_digits
 
         apply = nnx.jit(lambda net, x, t: net(x, t))
@@ -328,17 +319,14 @@ def _unet():
 _REFERENCES: dict[int, np.ndarray] = {}  # case index -> the reference answer (the U-Net is slow)
 
 
-def _gaussian_score(mu, c):
+def _gaussian_score(mu, c, sde):
     """The exact score of x_t when x_0 ~ N(mu, c^2 I): -(x - a mu) / (a^2 c^2 + b^2)."""
-    def make(sde):
-        def score(x, t):
-            t = jnp.asarray(t, x.dtype)
-            shape = (-1,) + (1,) * (x.ndim - 1) if t.ndim else ()
-            a = sde.mean_coefficient(t).reshape(shape)
-            b = sde.kernel_std(t).reshape(shape)
-            return -(x - a * mu) / (a**2 * c**2 + b**2)
-        return score
-    return make
+    def score(x, t):
+        t = jnp.asarray(t, x.dtype)
+        shape = (-1,) + (1,) * (x.ndim - 1) if t.ndim else ()
+        a, b = sde.mean_coefficient(t).reshape(shape), sde.kernel_std(t).reshape(shape)
+        return -(x - a * mu) / (a**2 * c**2 + b**2)
+    return score
 
 
 def _denoise_cases():
@@ -370,8 +358,8 @@ def _denoise_cases():
         ("the shipped U-Net, one time per digit (unsorted)", _unet(), vp,
          noisy(vp, x0, z, t_each), t_each),
         ("a sub-VP SDE, an exact Gaussian score, shape (5, 4, 4, 2), one time per image",
-         _gaussian_score(mu, c)(sub), sub, noisy(sub, g0, gz, g_t), g_t),
-        ("a VE SDE, an exact Gaussian score, one time t = 0.5", _gaussian_score(mu, c)(ve), ve,
+         _gaussian_score(mu, c, sub), sub, noisy(sub, g0, gz, g_t), g_t),
+        ("a VE SDE, an exact Gaussian score, one time t = 0.5", _gaussian_score(mu, c, ve), ve,
          noisy(ve, g0, gz, 0.5), np.float32(0.5)),
     ]
 
