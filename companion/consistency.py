@@ -322,6 +322,8 @@ def _optimizer(cfg):
 
 #: The ablations of ``cd_exact`` (seed 0): the grid (``n40``: N = 40 intervals) and the
 #: target (``target0`` / ``ema95``: :func:`fit_with_target` with target_decay 0 / 0.95).
+#: Chapter 9 also ships ``ema95`` of seed 1 (``python -m companion.consistency --ablations
+#: --seed 1`` makes it, with the other two of that seed).
 ABLATIONS = ("n40", "target0", "ema95")
 
 
@@ -368,7 +370,8 @@ def load(directory: str | Path = CHECKPOINT_DIR, seed: int = 0, names: Sequence[
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m companion.consistency [--out-dir DIR] [--seed S]``: train and save."""
+    """``python -m companion.consistency [--out-dir DIR] [--seed S] [--ablations]``: train
+    :data:`NAMES` (or :data:`ABLATIONS`) and save them."""
     parser = argparse.ArgumentParser(description="Train chapter 9's consistency models.")
     parser.add_argument("--out-dir", default=str(CHECKPOINT_DIR))
     parser.add_argument("--seed", type=int, default=0)
