@@ -6,7 +6,7 @@ at the cut-off ``eps``: its flow map Phi_{t -> eps}(x)
 learns that map, f_theta(x, t) ~ Phi_{t -> eps}(x), so that a prior draw at T becomes a
 sample in one evaluation.
 
-**The parametrisation** (:class:`ConsistencyModel`). In the scaled variable
+**The parametrisation** (:class:`ConsistencyModel`). In the scaled variable (the book's x tilde)
 ``xhat = x / a(t)`` the kernel reads ``xhat = x_0 + nu z`` with the noise-to-signal
 ratio nu(t) = b(t) / a(t) (:func:`companion.ode_sampling.noise_level`; EDM's sigma), and
 

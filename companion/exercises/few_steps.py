@@ -3,7 +3,7 @@
 * ``consistency_coefficients(nu, sigma_data)`` (derivation): c_skip and c_out that make
   the regression target of the network have the smallest variance, and that variance 1,
   for data of standard deviation sigma_data at the noise-to-signal ratio nu.
-* ``euler_target_bias(xhat, nu, nu_next, sigma_data)`` (derivation): by how much one Euler
+* ``euler_target_bias(xtilde, nu, nu_next, sigma_data)`` (derivation): by how much one Euler
   step of the teacher misses the exact flow, for Gaussian data.
 * ``multistep_consistency(f, x_T, times, noises, a, b, eps)`` (the step the chapter's
   sampler hides): re-noise with the kernel from eps, not from 0.
@@ -52,7 +52,7 @@ _COEFF_MISTAKES = [  # (name, c_skip, c_out) of known wrong answers, functions o
 @exercise(
     "consistency_coefficients",
     chapter=9,
-    hint="Write the network's regression target (x_0 - c_skip xhat) / c_out with xhat = x_0 + nu z and "
+    hint="Write the network's regression target (x_0 - c_skip x_tilde) / c_out with x_tilde = x_0 + nu z and "
     "compute its variance (x_0 and z independent). Choose c_skip to make it smallest, then c_out to make it 1.",
     hint2="The variance is [(1 - c_skip)^2 sigma_data^2 + c_skip^2 nu^2] / c_out^2. Set the derivative of "
     "the bracket in c_skip to zero; c_out is then the square root of the bracket at that c_skip.",
@@ -97,7 +97,7 @@ def _bias_mistakes(xhat, nu, nu_next, sd):
             euler - xhat * (sd**2 + nn_**2) / v,
         "the slope taken at the end of the step (nu_next), not at its start": (
             xhat * (1 + h * nn_ / (sd**2 + nn_**2)) - exact),
-        "the slope of the noise prediction without the factor nu (d xhat / d nu = (xhat - D) / nu)": (
+        "the slope without the factor nu (d x_tilde / d nu = (x_tilde - denoiser) / nu)": (
             xhat * (1 + h / v) - exact),
         "Euler's point itself, not its error": euler,
         "a step from nu_next to nu (the step runs the wrong way)": xhat * (1 - h * nu_ / v) - exact,
@@ -107,9 +107,9 @@ def _bias_mistakes(xhat, nu, nu_next, sd):
 @exercise(
     "euler_target_bias",
     chapter=9,
-    hint="For Gaussian data the denoiser is a multiple of xhat, so the flow in nu is a linear ODE you can "
+    hint="For Gaussian data the denoiser is a multiple of x_tilde, so the flow in nu is a linear ODE you can "
     "solve exactly (the marginal at every nu is Gaussian). Euler takes the slope at the start of the step.",
-    hint2="The variance of xhat at nu is sigma_data^2 + nu^2, and the flow keeps each point at the same "
+    hint2="The variance of x_tilde at nu is sigma_data^2 + nu^2, and the flow keeps each point at the same "
     "number of standard deviations. Subtract that exact point from Euler's.",
     reference=_euler_target_bias,
     blocked=("companion.consistency:teacher_step", "companion.ode_sampling:flow_map",
