@@ -169,7 +169,10 @@ def test_fit_with_target_decay_zero_is_training_fit():
     a, ha = consistency.fit_with_target(small_model(3), loss, data, target_decay=0.0, **kw)
     b, hb = training.fit(small_model(3), loss, data, progress=False, steps_per_call=30, **kw)
     np.testing.assert_allclose(ha["loss"], hb["loss"], rtol=2e-4, atol=1e-6)
-    c, hc = consistency.fit_with_target(small_model(3), loss, data, target_decay=0.9, **kw)
+    tx = training.make_optimizer(1e-3, warmup_steps=5)  # the default, passed explicitly
+    _, hd = consistency.fit_with_target(small_model(3), loss, data, target_decay=0.0, optimizer=tx, **kw)
+    np.testing.assert_allclose(hd["loss"], ha["loss"], rtol=1e-6)
+    _, hc = consistency.fit_with_target(small_model(3), loss, data, target_decay=0.9, **kw)
     assert np.abs(hc["loss"][1:] - ha["loss"][1:]).max() > 1e-6  # the EMA target is another target
     with pytest.raises(ValueError, match="target_decay"):
         consistency.fit_with_target(small_model(3), loss, data, target_decay=1.0, **kw)
