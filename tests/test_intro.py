@@ -23,14 +23,9 @@ def test_every_chapter_ends_with_three_to_five_exercises():
     assert all(3 <= count <= 5 for count in per_chapter.values()), per_chapter
 
 
-def test_the_map_of_the_course_names_every_chapter_in_book_order():
-    # A chapter is linked ({doc}`01_odes`), or, while it is being written, named as
-    # plain text with its path ("9. Few-step generation (book/09_few_steps): ..."), so
-    # that the book builds whether or not its page exists yet.
+def test_the_map_of_the_course_links_every_chapter_in_book_order():
     section = INTRO[INTRO.index("## Map of the course"):]
-    named = re.findall(r"^\d+\. (?:\{doc\}`([^`]+)`|[^(\n]*\(book/([^)]+)\))", section,
-                       flags=re.MULTILINE)
-    named = [link or path for link, path in named]
+    named = re.findall(r"^\d+\. \{doc\}`([^`]+)`", section, flags=re.MULTILINE)
     chapters = [path.stem for path in notebooks.chapter_sources(ROOT)]
     assert named[: len(chapters)] == chapters
     assert all(re.fullmatch(r"\d\d_\w+", stem) for stem in named)
