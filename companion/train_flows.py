@@ -4,13 +4,13 @@
     python -m companion.train_flows --out-dir /tmp/flows
 
 The shipped checkpoints ``companion/checkpoints/flow_*.msgpack`` were made by the first
-command on a shared 2-core CPU (the seconds each took are in :data:`COST`); chapter 8
+command on a shared 2-core CPU (the seconds each took are in ``COST``); chapter 8
 loads them with :func:`load` and retrains with :func:`train_all` when its ``RETRAIN``
 flag is set. Training them inside the chapter would take many times its one-minute budget.
 
 The data: :func:`companion.toy.four_gaussians_2d`, fresh samples at every step.
 
-Three models of the VP path, each trained from :data:`SEEDS` (one checkpoint per seed,
+Three models of the VP path, each trained from ``SEEDS`` (one checkpoint per seed,
 ``flow_<name>_seed<k>.msgpack``), all with the same network (:class:`companion.nets.ScoreMLP`
 with the VP SDE's preconditioning: input scaled by ``1 / sqrt(a^2 + b^2)``, time entering
 as the normalised log noise level), optimiser, batch and number of steps:
@@ -191,7 +191,7 @@ def train_rectified(*, seed: int = 0, progress: bool = True) -> tuple[dict, dict
 
 def train_all(*, seeds: Sequence[int] = SEEDS, progress: bool = True) -> dict:
     """Train every model from scratch: returns ``{name: model}``, where each name of
-    :data:`COMPARED` maps to a tuple of models, one per seed in ``seeds``, and, under
+    ``COMPARED`` maps to a tuple of models, one per seed in ``seeds``, and, under
     ``"seconds"``, the wall time of each training (keys ``name`` or ``name/seed``)."""
     out, seconds = {name: [] for name in COMPARED}, {}
     for seed in seeds:
@@ -218,7 +218,7 @@ def checkpoint_path(directory: Path, name: str, seed: int | None = None) -> Path
 
 def load(directory: str | Path = CHECKPOINT_DIR, *, seeds: Sequence[int] = SEEDS) -> dict:
     """The shipped (or ``directory``'s) models, as :func:`train_all` returns them (without
-    ``"seconds"``): a tuple of models per seed for the names of :data:`COMPARED`."""
+    ``"seconds"``): a tuple of models per seed for the names of ``COMPARED``."""
     templates = {make: training.template(make) for make in set(_MAKE.values())}  # not modified by loading
     out = {name: tuple(training.load_checkpoint(templates[_MAKE[name]], checkpoint_path(directory, name, seed))
                        for seed in seeds)
