@@ -501,18 +501,7 @@ def test_the_right_answer_passes_under_the_watch(inverse_exercise):
     assert exercises.check("halflogdet", lambda a: 0.5 * np.linalg.slogdet(a)[1], verbose=False)
 
 
-# --------------------------------------------- ratios in words, never finer than a tolerance
-
-
-@pytest.mark.parametrize("ratio, words", [
-    (2.0, "about twice"), (1.98, "about twice"), (0.5, "about half"), (1.02, "close to 1"),
-    (0.7, "close to 1"), (3.1, "3 times"), (-1.0, "wrong sign"), (120.0, "100 times too large"),
-    (0.004, "times too small"),
-])
-def test_factor_words(ratio, words):
-    said = _core.factor_words(ratio)
-    assert words in said, said
-    assert "." not in said  # a round number at most: no digits a reader could divide by
+# ------------------------------------ errors to an order of magnitude, never finer than a tolerance
 
 
 def test_the_generic_mismatch_gives_the_error_to_its_order_of_magnitude_only():

@@ -24,13 +24,13 @@ import numpy as np
 
 from companion.exercises._cache import fingerprint, same
 from companion.exercises._progress import progress_path, read_passed, record_pass
-from companion.exercises._words import error_size, factor_words
+from companion.exercises._words import error_size
 
 __all__ = [
     "Mismatch", "WriteItYourself", "Exercise", "exercise", "blocking", "Text", "hint", "names",
     "get", "check", "Progress", "progress", "as_array",
     "is_close", "as_pair",
-    "expect_close", "error_size", "watched", "factor_words",
+    "expect_close", "error_size", "watched",
 ]
 
 
