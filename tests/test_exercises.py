@@ -512,3 +512,49 @@ def test_the_generic_mismatch_gives_the_error_to_its_order_of_magnitude_only():
     assert "3 of 3 values differ" in said and "between 10^4 and 10^5 times the tolerance" in said
     assert "1.23" not in said and "12300" not in said  # no digits that give the ratio away
     assert _core.error_size(3.7) == "less than 10 times the tolerance"
+
+
+def test_a_factor_is_named_in_words_and_never_finer_than_any_tolerance():
+    """factor_words names 2, 1/2, sqrt(2), 1/sqrt(2), -1 or 'close to 1', never a number:
+    its narrowest band (2 % around a named factor) is 20 times the loosest exercise
+    tolerance (rtol 1e-3), so a reader's value over the named factor is not the answer
+    unless the mistake is exactly that factor."""
+    import re
+
+    from companion.exercises._words import factor_words
+
+    every = (2.0, 0.5, 2**0.5, 2**-0.5, -1.0)
+    for ratio in (2.0004, 0.4991, 1.37, 0.93, 1.004, 2**0.5 * 1.01, -1.01, -3.0, 40.0, 1e-3):
+        said = factor_words(ratio, "the right one", factors=every)
+        assert not re.search(r"\d\.\d|\d{2}", said), said
+    assert factor_words(2.01) == "about twice the right value"
+    assert factor_words(0.49, "the right one") == "about half the right one"
+    assert factor_words(-1.0, factors=every) == "the right size with the wrong sign"
+    assert factor_words(2.3) == "larger than the right value"  # not "about twice"
+    assert "close to 1" in factor_words(1.05) and "close to 1" not in factor_words(1.3)
+
+
+@pytest.fixture
+def blocked_exercise(monkeypatch):
+    """A throwaway exercise whose answer np.linalg.det already computes (blocked)."""
+    def test(fn):
+        if not np.isclose(fn(np.diag([2.0, 3.0])), 6.0):
+            raise _core.Mismatch("not the determinant")
+
+    ex = _core.Exercise("det2", 1, "multiply", test, lambda a: np.prod(np.diag(a)), "diagonal",
+                        ("numpy.linalg:det",))
+    monkeypatch.setitem(_core._REGISTRY, "det2", ex)
+
+
+def test_a_blocked_function_is_refused_when_held_in_a_default_or_a_closure(blocked_exercise, capsys):
+    def held_in_a_default(a, det=np.linalg.det):
+        return det(a)
+
+    def make(det):
+        return lambda a: det(a)
+
+    for answer in (held_in_a_default, make(np.linalg.det)):
+        assert not exercises.check("det2", answer)
+        assert "already computes the answer" in capsys.readouterr().out
+    assert np.linalg.det(np.eye(2)) == 1.0 and held_in_a_default.__defaults__[0] is np.linalg.det
+    assert exercises.check("det2", lambda a: np.prod(np.diag(a)), verbose=False)

@@ -24,6 +24,7 @@ import numpy as np
 
 from companion.exercises._cache import fingerprint, same
 from companion.exercises._progress import progress_path, read_passed, record_pass
+from companion.exercises._routes import WHY, expand
 from companion.exercises._words import error_size
 
 __all__ = [
@@ -71,10 +72,12 @@ def exercise(
     (which equation, which quantity). ``hint2`` is the second, more concrete hint that
     :func:`hint` gives on request. Neither contains the answer's formula or code.
     ``blocked`` names the library functions that already compute the answer
-    (``"module:attribute.path"``, e.g. ``"companion.sde:LinearSDE.reverse_drift"``):
+    (``"module:attribute.path"``, e.g. ``"companion.sde:LinearSDE.reverse_drift"``, or a
+    whole module ``"module:*"``, see :mod:`companion.exercises._routes`):
     while the hidden test runs, calling one of them fails with a kind
     "write it yourself" message.
     """
+    blocked = expand(tuple(blocked))  # "module:*" and "module:Class.*" spelled out
     for path in blocked:
         _resolve(path)  # fail at import time on a typo
 
@@ -97,6 +100,9 @@ def _resolve(path: str):
     return owner, last, getattr(owner, last)
 
 
+_INHERITED = object()
+
+
 @contextlib.contextmanager
 def blocking(paths: tuple[str, ...], fn: Callable):
     """Replace the library functions ``paths`` by ones that raise :class:`WriteItYourself`
@@ -109,7 +115,7 @@ def blocking(paths: tuple[str, ...], fn: Callable):
         @functools.wraps(original)
         def refuse(*args, **kwargs):
             raise WriteItYourself(
-                f"your function calls {short}, which already computes the answer. "
+                f"your function calls {short}, which {WHY.get(path, 'already computes the answer')}. "
                 "The point of this exercise is to write it yourself (the chapter's "
                 "equations are all you need); the check does not accept the library's "
                 "version."
@@ -121,10 +127,8 @@ def blocking(paths: tuple[str, ...], fn: Callable):
         originals = {}
         for path in paths:
             owner, attr, original = _resolve(path)
-            if isinstance(owner, type):
-                raw = owner.__dict__.get(attr, original)
-            else:
-                raw = original
+            # an inherited method (not in the class's own dict) is deleted again afterwards
+            raw = owner.__dict__.get(attr, _INHERITED) if isinstance(owner, type) else original
             replacement = stand_in(path, original)
             if isinstance(raw, (staticmethod, classmethod)):
                 replacement = type(raw)(replacement)
@@ -139,11 +143,23 @@ def blocking(paths: tuple[str, ...], fn: Callable):
                 if id(value) in originals:
                     undo.append((namespace, key, value))
                     namespace[key] = originals[id(value)]
+        # ... and where fn holds them itself: a default argument, a closure's variable
+        defaults = getattr(fn, "__defaults__", None) or ()
+        if any(id(v) in originals for v in defaults):
+            undo.append((fn, "__defaults__", defaults))
+            fn.__defaults__ = tuple(originals.get(id(v), v) for v in defaults)
+        for cell in getattr(fn, "__closure__", None) or ():
+            with contextlib.suppress(ValueError):  # an empty cell
+                if id(cell.cell_contents) in originals:
+                    undo.append((cell, "cell_contents", cell.cell_contents))
+                    cell.cell_contents = originals[id(cell.cell_contents)]
         yield
     finally:
         for owner, attr, raw in reversed(undo):
             if isinstance(owner, dict):
                 owner[attr] = raw
+            elif raw is _INHERITED:
+                delattr(owner, attr)
             else:
                 setattr(owner, attr, raw)
 

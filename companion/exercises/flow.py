@@ -6,11 +6,11 @@
 * ``pf_drift(sde, denoiser, x, t)`` (derivation): the velocity of the probability flow
   ODE written with a denoiser E[x_0 | x_t = x] instead of a score: chapter 5's ODE and
   chapter 4's Tweedie formula put together.
-* ``divergence(fn, x)`` (a JAX tool): the exact divergence (Jacobian trace) of a batch
-  function, per sample, the quantity the instantaneous change of variables (chapter 5)
-  integrates.
+* ``divergence_plan(jac, tol)`` (decision): the exact divergence or a Skilling-Hutchinson
+  estimate, and how many JVPs, for a standard error at most ``tol``: chapter 5's probe
+  variances, which hold for a symmetric matrix, applied to a Jacobian that is not one.
 * ``log_density_ode(velocity, x, t)`` (derivation): the right-hand side of the augmented
-  ODE that carries a sample and its log density along a flow dx/dt = v(x, t), for any
+  ODE that carries a sample and its log density along a flow dx/dt = u(x, t), for any
   velocity field and any sample shape.
 
 Inputs come from a fixed NumPy seed; messages say how an answer is wrong (and, for the
@@ -46,12 +46,6 @@ def _pf_drift(sde, denoiser, x, t):
     a, b, g = (v[:, None] for v in (sde.mean_coefficient(t), sde.kernel_std(t), sde.diffusion(t)))
     score = (a * denoiser(x, t) - x) / b**2
     return sde.drift(x, t) - 0.5 * g**2 * score
-
-
-def _divergence(fn, x):
-    """Reference: the trace of the Jacobian of each sample's output w.r.t. its input."""
-    jac = jax.vmap(jax.jacfwd(lambda xi: fn(xi[None])[0]))(x)  # (n, d, d)
-    return jnp.trace(jac, axis1=1, axis2=2)
 
 
 def _bits_per_dim(log_p, n_dims, n_levels, data_range):
@@ -157,6 +151,7 @@ def _diagnose_pf(arr, case):
         "companion.sde:LinearSDE.probability_flow_drift",
         "companion.sde:LinearSDE.reverse_drift",
         "companion.losses:velocity_from_score",
+        "companion.ode_sampling:*",
     ),
     reference=_pf_drift,
 )
@@ -180,47 +175,126 @@ def _test_pf_drift(fn):
                      diagnose=lambda arr, case=case: _diagnose_pf(arr, case))
 
 
-# ----------------------------------------------------------------------------- divergence
+# ----------------------------------------------------------------------- divergence_plan
+
+
+def _divergence_plan(jac, tol):
+    """Reference: the cheapest way to a divergence with standard error <= tol, as
+    (method, JVPs). A probe sees only the symmetric part S of J (xi^T J xi = xi^T S xi):
+    one probe's variance is 2 sum S_ij^2 (Gaussian), 2 sum_{i != j} S_ij^2 (Rademacher);
+    P probes divide it by P. The exact trace costs d JVPs. Ties: exact, then Rademacher."""
+    jac = np.asarray(jac, np.float64)
+    sym = (jac + jac.T) / 2
+    var = {"rademacher": _rademacher_var(jac), "gaussian": 2 * np.sum(sym**2)}
+    plans = [("exact", jac.shape[0])] + [(k, max(1, math.ceil(v / tol**2))) for k, v in var.items()]
+    return min(plans, key=lambda plan: plan[1])  # min keeps the first of a tie
+
+
+def _rademacher_var(jac):
+    sym = (jac + jac.T) / 2
+    return 2 * np.sum(sym[~np.eye(len(jac), dtype=bool)] ** 2)
+
+
+def _plan_cases():
+    """(label, jac, tol): the tolerance puts var / tol^2 (the probes needed) at a chosen
+    fraction between integers, so no rounding of the reference is ever in doubt."""
+    rng = _rng()
+
+    def at(jac, probes):  # the tol at which Rademacher probes need var / tol^2 = probes
+        return float(np.sqrt(_rademacher_var(jac) / probes))
+
+    near_diag = np.diag(rng.uniform(-2, 2, 50)) + 0.01 * rng.normal(size=(50, 50))
+    k = rng.normal(size=(20, 20))
+    spin = -0.7 * np.eye(20) + (k - k.T)  # shrink plus rotation: S = -0.7 I
+    dense = rng.normal(size=(10, 10))
+    tie = np.diag(rng.uniform(1, 3, 16)) + 0.3 * rng.normal(size=(16, 16))
+    lopsided = np.diag(rng.uniform(-1, 1, 30)) + np.triu(0.2 * rng.normal(size=(30, 30)), 1)
+    return [
+        ("a 2-D flow, tight tolerance", rng.normal(size=(2, 2)), 0.05),
+        ("a nearly diagonal Jacobian, d = 50", near_diag, at(near_diag, 7.4)),
+        ("a shrink plus a rotation, d = 20", spin, 0.05),
+        ("a dense Jacobian, d = 10", dense, at(dense, 13.6)),
+        ("as many probes as coordinates, d = 16", tie, at(tie, 15.5)),
+        ("a triangular coupling, d = 30", lopsided, at(lopsided, 4.3)),
+        ("a loose tolerance, d = 64", np.diag(rng.uniform(-1, 1, 64)) + 0.05 * rng.normal(size=(64, 64)),
+         2.5),
+    ]
+
+
+def _plan_variants(jac, tol):
+    """Known wrong counts of Rademacher probes: (message, count)."""
+    jac = np.asarray(jac, np.float64)
+    sym, off, var = (jac + jac.T) / 2, ~np.eye(len(jac), dtype=bool), _rademacher_var(jac)
+    return [
+        ("the probes' variance is computed from J itself; a probe sees only J's symmetric part "
+         "(xi^T J xi = xi^T J^T xi)", math.ceil(2 * np.sum(jac[off] ** 2) / tol**2)),
+        ("the count divides the variance by tol, not tol^2: tol is a standard error",
+         math.ceil(var / tol)),
+        ("the count is rounded (or cut) where it must be rounded up: with fewer probes the "
+         "standard error is above tol", int(np.floor(var / tol**2))),
+        ("the variance misses a factor 2", math.ceil(var / 2 / tol**2)),
+        ("the count is the Gaussian probes' (their squared entries are not 1)",
+         math.ceil(2 * np.sum(sym**2) / tol**2)),
+    ]
+
+
+def _test_divergence_plan_impl(fn):
+    for label, jac, tol in _plan_cases():
+        what = f"case '{label}'"
+        method, cost = _divergence_plan(jac, tol)
+        got = fn(jac.copy(), tol)
+        if not isinstance(got, (tuple, list)) or len(got) != 2 or not isinstance(got[0], str):
+            raise Mismatch(f"{what}: expected a pair (method, cost) with method a string, got "
+                           f"{type(got).__name__}")
+        got_cost = as_array(got[1], what + ", cost")
+        got_method = got[0].strip().lower()
+        if got_method not in ("exact", "gaussian", "rademacher"):
+            raise Mismatch(f"{what}: the method must be 'exact', 'gaussian' or 'rademacher', "
+                           f"got {got[0]!r}")
+        if got_cost.shape != () or float(got_cost) != round(float(got_cost)):
+            raise Mismatch(f"{what}: the cost is a whole number of JVPs, got {got[1]!r}")
+        got_cost = int(got_cost)
+        if got_method == "exact" and got_cost != jac.shape[0]:
+            raise Mismatch(f"{what}: the exact trace costs one JVP per coordinate (one column "
+                           "of the Jacobian each)")
+        if got_method != "exact" and got_cost < 1:
+            raise Mismatch(f"{what}: an estimate needs at least one probe")
+        if got_method == "rademacher" and got_cost != max(1, math.ceil(_rademacher_var(jac) / tol**2)):
+            known = [m for m, c in _plan_variants(jac, tol) if max(1, c) == got_cost]
+            raise Mismatch(f"{what}: " + (known[0] if len(known) == 1 else  # only an unambiguous diagnosis
+                                          "the number of Rademacher probes is wrong"))
+        if (got_method, got_cost) == (method, cost):
+            continue
+        if got_cost == cost:
+            raise Mismatch(f"{what}: {got_method!r} costs as much as another method here; on a "
+                           "tie the statement says which to prefer")
+        if got_method == "gaussian":
+            raise Mismatch(f"{what}: Gaussian probes are never cheaper than Rademacher ones "
+                           "(compare their variances)")
+        raise Mismatch(f"{what}: another method reaches the tolerance with fewer JVPs")
 
 
 @exercise(
-    "divergence",
+    "divergence_plan",
     chapter=5,
-    hint="The instantaneous change of variables (chapter 5) integrates the divergence: the trace "
-    "of each sample's own Jacobian, one number per sample; the batch function's full Jacobian "
-    "mixes samples.",
-    hint2="The JAX box of chapter 5's likelihood section: jax.jacfwd of a one-sample function "
-    "(add and remove the batch axis), vmapped over the batch, then the trace; or one jax.jvp "
-    "per coordinate direction, keeping the matching coordinate of each product.",
-    blocked=(
-        "companion.divergence:exact_divergence",
-        "companion.divergence:hutchinson_divergence",
-    ),
-    reference=_divergence,
+    hint="Count JVPs: the exact trace needs one per coordinate, an estimate one per probe. "
+    "The estimate's standard error is a single probe's standard deviation over sqrt(P); "
+    "chapters 4 and 5 give a probe's variance, but each for a special case.",
+    hint2="Since xi^T J xi = xi^T J^T xi, a probe sees only S = (J + J^T)/2: chapter 5's "
+    "variances hold with S in place of A. Then find the smallest whole P with standard "
+    "error at most tol (round up, at least one probe), compare the three costs and break "
+    "ties as the statement says.",
+    reference=_divergence_plan,
 )
-def _test_divergence(fn):
-    rng = _rng()
-    A = _f32(rng.normal(size=(3, 3)))
-    B = _f32(rng.normal(size=(2, 2)))
-    cases = [
-        ("a linear map x A^T, d = 3", lambda x: x @ A.T, 3),
-        ("a nonlinear map, d = 3", lambda x: jnp.tanh(x @ A.T) * x[:, :1] + x**3, 3),
-        ("a nonlinear map, d = 2", lambda x: jnp.sin(x @ B) + 0.1 * jnp.sum(x**2, 1, keepdims=True) * x, 2),
-    ]
-    args = [(f, _f32(rng.normal(size=(6, d)))) for _, f, d in cases]
-    wants = call_compiled_each(_divergence, args)
-    for (label, _, _), got, want in zip(cases, call_compiled_each(fn, args), wants):
-        arr = as_array(got, f"divergence ({label})")
-        if arr.shape != want.shape:
-            raise Mismatch(f"divergence ({label}): expected one value per sample, shape {want.shape}, got {arr.shape}")
-        expect_close(got, want, what=f"divergence ({label})", rtol=1e-4, atol=1e-4)
+def _test_divergence_plan(fn):
+    _test_divergence_plan_impl(fn)
 
 
 # ------------------------------------------------------------------------ log_density_ode
 
 
 def _log_density_ode(velocity, x, t):
-    """Reference: (v(x, t), -div v(x, t)); the divergence per sample over all its
+    """Reference: (u(x, t), -div u(x, t)); the divergence per sample over all its
     coordinates, by one forward-mode Jacobian per sample (the instantaneous change of
     variables, chapter 5)."""
     n, dims = x.shape[0], x.shape[1:]
@@ -302,7 +376,7 @@ def _test_log_density_ode_impl(fn):
         "divergence of the velocity; get the sign from a flow that spreads mass out."
     ),
     hint2=(
-        "Return the velocity itself and, per sample, the divergence of v with respect to "
+        "Return the velocity itself and, per sample, the divergence of u with respect to "
         "that sample's coordinates (all of them, whatever the shape), with the sign that "
         "makes density fall where the flow expands. Flatten each sample, take the trace "
         "of its Jacobian (jax.jacfwd, vmapped), and pass t through unchanged."

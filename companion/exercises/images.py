@@ -173,6 +173,8 @@ def _no_identity_solves(fn):
         "scipy.linalg:inv",
         "scipy.linalg:pinv",
         "jax.scipy.linalg:inv",
+        "numpy.linalg:tensorinv",
+        "jax.numpy.linalg:tensorinv",
     ),
     reference=_gaussian_log_prob,
 )
@@ -244,7 +246,7 @@ def _test_histogram_bits_impl(fn):
         if arr.shape == want.shape and not is_close(arr, want, _HIST_RTOL, _HIST_ATOL):
             ratio = float(np.median(arr / want))
             if abs(ratio - 1 / math.log2(math.e)) < 1e-3:
-                raise Mismatch(f"{what}: off by a factor close to {ratio:.3f} (a unit?)")
+                raise Mismatch(f"{what}: off by a factor close to ln 2 (a unit?)")
             if abs(ratio - np.prod(test.shape[1:])) < 1e-2 * ratio:
                 raise Mismatch(f"{what}: off by a factor equal to the number of pixels")
             side = "too many" if ratio > 1 else "too few"
@@ -268,11 +270,7 @@ def _test_histogram_bits_impl(fn):
         "denominator grows with n_levels too). A test image's probability is the product "
         "over its pixels; take -log2 and divide by the number of pixels."
     ),
-    blocked=(
-        "companion.data:pixel_histogram",
-        "companion.data:categorical_mixture_bits",
-        "companion.data:fit_categorical_mixture",
-    ),
+    blocked=("companion.data:*", "companion.likelihood:*"),  # baselines and conversions
     reference=_histogram_bits,
 )
 def _test_histogram_bits(fn):
@@ -405,7 +403,7 @@ def _diagnose_denoised(arr, score_fn, sde, x_t, t):
         "Take the posterior mean of that equation and solve it for x_0. With one time per "
         "image, reshape a(t) and b(t) to (n, 1, 1, 1) so that they broadcast over the pixels."
     ),
-    blocked=("companion.ode_sampling:denoiser",),
+    blocked=("companion.ode_sampling:*",),  # the denoiser
     reference=_denoised,
 )
 def _test_denoised_digits(fn):

@@ -28,6 +28,11 @@ __all__: list[str] = []  # importing the module registers its exercises; nothing
 
 # ----------------------------------------------------------------------------- references
 
+# The chapter's "write it yourself" (every exercise): no sampler or step of
+# companion.sampling, no sde.transition, sde.reverse_drift or sde.probability_flow_drift.
+_NOT_YOURS = ("companion.sampling:*", "companion.sde:LinearSDE.transition",
+              "companion.sde:LinearSDE.reverse_drift", "companion.sde:LinearSDE.probability_flow_drift")
+
 
 def _langevin_corrector_step(score_fn, x, t, z, snr, alpha):
     """Reference: x + e s + sqrt(2 e) z, e = 2 alpha (snr mean||z|| / mean||s||)^2."""
@@ -150,8 +155,7 @@ def _langevin_cases():
           "batch (average the norms, not their squares), give the step size through snr "
           "and alpha; then one Langevin move: the step times the score plus noise whose "
           "variance is twice the step.",
-    blocked=("companion.sampling:langevin_step_size", "companion.sampling:langevin_step",
-             "companion.sampling:predictor_corrector"),
+    blocked=_NOT_YOURS,
     reference=_langevin_corrector_step,
 )
 def _test_langevin_corrector_step(fn):
@@ -263,8 +267,7 @@ def _diagnose_drift(arr, sde, score_fn, x, t):
           "flux that multiplies p into the drift in tau, then turn it into the drift in t "
           "(every term changes sign). sde.diffusion_grad gives the gradient of g, not of "
           "g^2: use the chain rule.",
-    blocked=("companion.sde:LinearSDE.reverse_drift",
-             "companion.sde:LinearSDE.probability_flow_drift"),
+    blocked=_NOT_YOURS,
     reference=_reverse_drift,
 )
 def _test_reverse_drift(fn):
@@ -333,8 +336,7 @@ def _diagnose_step(arr, s, score_fn, x, t, t_next, z):
           "of psi x_{t_next} + G z given x_0 in terms of psi, b(t_next) and G, set the two "
           "equal and solve for G^2. For VE psi = 1, which is why the colleague's code works "
           "there.",
-    blocked=("companion.sde:LinearSDE.transition", "companion.sampling:reverse_diffusion",
-             "companion.sampling:reverse_diffusion_step"),
+    blocked=_NOT_YOURS,
     reference=_reverse_diffusion_step,
 )
 def _test_reverse_diffusion_step(fn):
@@ -406,8 +408,7 @@ def _width_cases():
           "sigma^2 / sqrt(V)), then the variance after one step, a contraction of x - mu by "
           "1 - step / sigma^2 plus independent noise of variance 2 step, and solve "
           "'variance after = V' for V. The factor asked for is a standard deviation ratio.",
-    blocked=("companion.sampling:langevin_step_size", "companion.sampling:langevin_step",
-             "companion.sampling:predictor_corrector"),
+    blocked=_NOT_YOURS,
     reference=_corrector_width,
 )
 def _test_corrector_width(fn):

@@ -16,20 +16,9 @@ import numpy as np
 
 from companion import sde as sdes
 from companion.exercises._core import Mismatch, as_array, exercise, expect_close
+from companion.exercises._words import factor_words
 
 __all__: list[str] = []  # importing the module registers its exercise; nothing to import
-
-
-def _factor_words(ratio: float) -> str:
-    """A factor in words, never finer than the tolerances of these tests allow."""
-    for value, words in ((2.0, "about twice the right value"), (0.5, "about half the right value"),
-                         (-1.0, "the right size with the wrong sign")):
-        if np.isclose(ratio, value, rtol=0.02):
-            return words
-    if 0.9 < ratio < 1.1:
-        return "off by a factor close to 1 (a small term missing or extra?)"
-    return "off by a factor that is not close to 1"
-
 
 
 class _KernelOnlySDE:
@@ -110,7 +99,7 @@ def _test_dsm_minimum_impl(fn):
             if np.isclose(got, 0.5 * d - want, rtol=_MIN_RTOL, atol=atol):
                 raise Mismatch(f"{what}: this is the part of the loss that the best score removes, "
                                "not what remains")
-            raise Mismatch(f"{what}: {_factor_words(ratio)}")
+            raise Mismatch(f"{what}: your value is {factor_words(ratio, factors=(2.0, 0.5, -1.0), within=0.02, near_one=0.1)}")
         expect_close(arr, want, what=what, rtol=_MIN_RTOL, atol=atol)
 
 

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from companion.exercises._core import Mismatch, as_array, as_pair, exercise, expect_close, is_close
+from companion.exercises._words import factor_words
 
 __all__: list[str] = []  # importing the module registers its exercises; nothing to import
 
@@ -132,6 +133,7 @@ def _diagnose_em(arr, f, g, x, t, h, z):
         "draw; the Brownian increment over a time h has variance h, not h^2. Return the "
         "new state, shaped like x."
     ),
+    blocked=("diffrax:Euler.step", "diffrax:diffeqsolve"),  # a solver's own step
     reference=_euler_maruyama_step,
 )
 def _test_euler_maruyama_step(fn):
@@ -182,7 +184,7 @@ _VE_RTOL, _VE_ATOL = 1e-5, 1e-8
         "sigma_max / sigma_min in the exponent; its derivative brings that exponent's "
         "factor down. Take the square root at the end. t may be an array."
     ),
-    blocked=("companion.sde:VE.diffusion",),
+    blocked=("companion.sde:*",),  # VE.diffusion, and VE.sigma one level below
     reference=_ve_diffusion,
 )
 def _test_ve_diffusion(fn):
@@ -253,11 +255,7 @@ _VP_RTOL, _VP_ATOL = 1e-4, 1e-6
         "B, exp(-B) rounds to a float32 number near 1 and the difference 1 - exp(-B) keeps "
         "only a few digits: NumPy and JAX have a function for exp(x) - 1 that avoids it."
     ),
-    blocked=(
-        "companion.sde:LinearSDE.marginal",
-        "companion.sde:VP.mean_coefficient",
-        "companion.sde:VP.kernel_std",
-    ),
+    blocked=("companion.sde:*",),  # the kernel, and VP.integrated_beta one level below
     reference=_vp_kernel,
 )
 def _test_vp_kernel(fn):
@@ -351,18 +349,7 @@ def _kernel_cases():
 # for a fixed-step solver with a few hundred steps, and rejects every wrong answer below,
 # which is off by 5 % or more (most by factors).
 _KERNEL_RTOL, _KERNEL_ATOL = 1e-3, 1e-6
-
-
-def _factor_words(ratio: float) -> str:
-    """A ratio in words, never finer than the check's tolerance allows a reader to use:
-    naming it to three digits would let them divide their way to the answer."""
-    for value, words in [(2.0, "about twice"), (0.5, "about half"), (np.sqrt(2), "about sqrt(2) times"),
-                         (1 / np.sqrt(2), "about 1/sqrt(2) times")]:
-        if abs(ratio / value - 1) < 0.05:
-            return words
-    if abs(ratio - 1) < 0.2:
-        return "off by a factor close to 1 from"
-    return "larger than" if ratio > 1 else "smaller than"
+_STD_FACTORS = (2.0, 0.5, 2**0.5, 2**-0.5)  # std off by a factor: a variance off by 4, 1/4, 2, 1/2
 
 
 def _test_linear_kernel_impl(fn):
@@ -394,7 +381,7 @@ def _test_linear_kernel_impl(fn):
                 raise Mismatch(f"{what}: your variance only accumulates g^2 (true for the VE SDE "
                                "only); the drift also shrinks or stretches the variance")
             ratio = float(b) / want_b if want_b else np.inf
-            raise Mismatch(f"{what}: the std is {_factor_words(ratio)} the right one")
+            raise Mismatch(f"{what}: the std is {factor_words(ratio, 'the right one', factors=_STD_FACTORS)}")
         expect_close(a, want_a, what=what + ", mean coefficient a(t)", rtol=_KERNEL_RTOL,
                      atol=_KERNEL_ATOL)
         expect_close(b, want_b, what=what + ", std b(t)", rtol=_KERNEL_RTOL, atol=_KERNEL_ATOL)

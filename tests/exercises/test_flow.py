@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from companion import exercises
-from companion.divergence import exact_divergence
+from companion.divergence import exact_divergence, hutchinson_divergence
 
 
 def check(name, fn):
@@ -98,38 +98,88 @@ def test_pf_drift_names_the_mistake(wrong, words, capsys):
     assert words in message("pf_drift", PF_WRONG[wrong], capsys)
 
 
-# ------------------------------------------------------------------------------ divergence
+# ------------------------------------------------------------------------- divergence_plan
 
 
-def div_right_jvp(fn, x):
-    d = x.shape[1]
-    total = 0.0
-    for j in range(d):
-        e = jnp.zeros_like(x).at[:, j].set(1.0)
-        total = total + jax.jvp(fn, (x,), (e,))[1][:, j]
-    return total
+def _sym(jac):
+    jac = np.asarray(jac, np.float64)
+    return (jac + jac.T) / 2
 
 
-DIV_WRONG = {
-    "calls the companion (divergence.exact_divergence)": exact_divergence,
-    "sum of all Jacobian entries": lambda fn, x: jax.vmap(
-        lambda xi: jnp.sum(jax.jacfwd(lambda y: fn(y[None])[0])(xi)))(x),
-    "trace of the whole-batch Jacobian, shared": lambda fn, x: jnp.full(
-        x.shape[0], jnp.trace(jax.jacfwd(lambda y: fn(y).ravel())(x).reshape(x.size, x.size)) / x.shape[0]),
-    "diagonal not summed": lambda fn, x: jax.vmap(
-        lambda xi: jnp.diag(jax.jacfwd(lambda y: fn(y[None])[0])(xi)))(x),
-    "sum of the outputs": lambda fn, x: jnp.sum(fn(x), axis=1),
+def _off(jac):
+    return ~np.eye(len(jac), dtype=bool)
+
+
+def _plan(jac, tol, *, var=None, count=math.ceil, exact_cost=None, kinds=("rademacher", "gaussian"),
+          tie_to_probes=False, at_least_one=True):
+    jac = np.asarray(jac, np.float64)
+    sym = _sym(jac)
+    variances = {"rademacher": 2 * np.sum(sym[_off(jac)] ** 2), "gaussian": 2 * np.sum(sym**2)}
+    if var is not None:
+        variances["rademacher"] = var(jac)
+    d = len(jac)
+    plans = [(k, int(count(variances[k] / tol**2))) for k in kinds]
+    if at_least_one:
+        plans = [(k, max(1, p)) for k, p in plans]
+    plans = sorted(plans, key=lambda p: p[1])
+    exact = ("exact", d if exact_cost is None else exact_cost(d))
+    best = plans[0]
+    if best[1] < exact[1] or (tie_to_probes and best[1] == exact[1]):
+        return best
+    return exact
+
+
+def plan_right(jac, tol):
+    return _plan(jac, tol)
+
+
+def plan_right_loops(jac, tol):  # the variance pair by pair, the count by a loop
+    d = len(jac)
+    var = sum((jac[i][j] + jac[j][i]) ** 2 / 2 for i in range(d) for j in range(d) if i != j)
+    probes = 1
+    while var / probes > tol**2:
+        probes += 1
+    return ("rademacher", probes) if probes < d else ("exact", d)
+
+
+PLAN_WRONG = {
+    "chapter 5's variance with J for A (not symmetrised)": lambda j, t: _plan(
+        j, t, var=lambda jac: 2 * np.sum(np.asarray(jac)[_off(jac)] ** 2)),
+    "standard error confused with variance (tol, not tol^2)": lambda j, t: _plan(
+        j, math.sqrt(t)),  # var / sqrt(tol)^2 = var / tol
+    "rounded, not rounded up": lambda j, t: _plan(j, t, count=round),
+    "the variance without its factor 2": lambda j, t: _plan(
+        j, t, var=lambda jac: np.sum(_sym(jac)[_off(jac)] ** 2)),
+    "Gaussian probes only": lambda j, t: _plan(j, t, kinds=("gaussian",)),
+    "the exact trace costs d^2 (every entry)": lambda j, t: _plan(j, t, exact_cost=lambda d: d * d),
+    "a tie goes to the estimate": lambda j, t: _plan(j, t, tie_to_probes=True),
+    "zero probes for zero variance": lambda j, t: _plan(j, t, at_least_one=False),
+    "exact always (the chapter's d = 2 habit)": lambda j, t: ("exact", len(j)),
 }
 
 
-@pytest.mark.parametrize("fn", [div_right_jvp])
-def test_divergence_accepts_right_answers(fn):
-    assert check("divergence", fn)
+@pytest.mark.parametrize("fn", [plan_right, plan_right_loops])
+def test_divergence_plan_accepts_right_answers(fn):
+    assert check("divergence_plan", fn)
 
 
-@pytest.mark.parametrize("wrong", DIV_WRONG.values(), ids=DIV_WRONG.keys())
-def test_divergence_rejects_wrong_answers(wrong):
-    assert not check("divergence", wrong)
+@pytest.mark.parametrize("wrong", PLAN_WRONG.values(), ids=PLAN_WRONG.keys())
+def test_divergence_plan_rejects_wrong_answers(wrong):
+    assert not check("divergence_plan", wrong)
+
+
+@pytest.mark.parametrize("wrong, words", [
+    ("chapter 5's variance with J for A (not symmetrised)", "symmetric part"),
+    ("standard error confused with variance (tol, not tol^2)", "tol is a standard error"),
+    ("rounded, not rounded up", "rounded up"),
+    ("the variance without its factor 2", "factor 2"),
+    ("Gaussian probes only", "fewer JVPs"),
+    ("the exact trace costs d^2 (every entry)", "one JVP per coordinate"),
+    ("a tie goes to the estimate", "on a tie"),
+    ("zero probes for zero variance", "at least one probe"),
+])
+def test_divergence_plan_names_the_mistake(wrong, words, capsys):
+    assert words in message("divergence_plan", PLAN_WRONG[wrong], capsys)
 
 
 # ------------------------------------------------------------------------------ bits_per_dim
@@ -249,8 +299,13 @@ def test_log_density_ode_rejects_wrong_answers(wrong):
     assert not check("log_density_ode", wrong)
 
 
-def test_divergence_and_log_density_refuse_the_companion(capsys):
-    assert "write it yourself" in message("divergence", exact_divergence, capsys)
+def test_log_density_ode_refuses_the_companions_divergences(capsys):
+    for divergence in (exact_divergence, lambda f, x: hutchinson_divergence(f, x, jnp.ones_like(x))):
+        def aug(velocity, x, t, divergence=divergence):
+            flat = lambda y: velocity(y.reshape(x.shape), t).reshape(x.shape[0], -1)  # noqa: E731
+            return velocity(x, t), -divergence(flat, x.reshape(x.shape[0], -1))
+
+        assert "write it yourself" in message("log_density_ode", aug, capsys)
 
 
 def test_log_density_ode_diagnoses(capsys):

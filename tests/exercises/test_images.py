@@ -236,7 +236,7 @@ def test_histogram_bits_rejects_wrong_answers(wrong):
 HIST_NAMED = {
     "calls the companion (data.pixel_histogram)": "write it yourself",
     "no smoothing": "positive probability",
-    "nats, not bits": "factor close to 0.693",
+    "nats, not bits": "factor close to ln 2",
     "not divided by the number of pixels": "number of pixels",
     "one histogram shared by all pixels": "bits for most images",
     "smoothing not normalised (n + alpha)": "bits for most images",
