@@ -3,10 +3,10 @@
 * ``hutchinson_trace(fn, x, xi)`` (warm-up): the Skilling-Hutchinson estimate of the
   trace of the Jacobian of a batch function, the trace estimator of chapter 4's sliced
   score matching, with ``jax.jvp`` and ``jax.vmap``.
-* ``dsm_loss(noise_fn, sde, weight, x0, t, z)`` (derivation): the per-sample denoising
-  score-matching loss of a *noise-prediction* network zhat(x, t), for any weighting
-  lambda(t): the chapter writes the loss for a score network; the reader substitutes
-  s_theta = -zhat / b(t).
+* ``denoiser_loss(denoiser, sde, weight, x0, t, z)`` (derivation): the per-sample
+  denoising score-matching loss of a *denoiser* network D(x, t) ~ E[x_0 | x_t], for any
+  weighting lambda(t): the chapter writes the loss for a score network and prints the
+  noise predictor's form; the reader substitutes Tweedie's score (a D - x) / b^2.
 * ``preconditioned_langevin(score_fn, x, z, step_size, M)`` (derivation): one step of
   Langevin dynamics whose drift is preconditioned by a positive definite matrix M; the
   reader derives, from chapter 3's Fokker-Planck argument, the noise that keeps p in
@@ -149,108 +149,112 @@ def _test_hutchinson_trace(fn):
                        "of the Jacobian (is it an unbiased estimator?)")
 
 
-# ----------------------------------------------------------------------------- dsm_loss
+# ----------------------------------------------------------------------------- denoiser_loss
 
 
-def _dsm_variants(noise_fn, sde, weight, x0, t, z):
+def _denoiser_variants(denoiser, sde, weight, x0, t, z):
     """The reference and the known wrong answers, each ``(n,)``."""
     a, b, lam = sde.mean_coefficient(t), sde.kernel_std(t), weight(t)
     xt = _column(a, x0) * x0 + _column(b, x0) * z
-    err = _per_sample_sum((noise_fn(xt, t) - z) ** 2) / 2
+    xhat = denoiser(xt, t)
+    err = _per_sample_sum((xhat - x0) ** 2) / 2
     d = int(np.prod(x0.shape[1:]))
     return {
-        "right": lam / b**2 * err,
-        "no b2": lam * err,
-        "over b": lam / b * err,
-        "mean": lam / b**2 * err / d,
-        "sign": lam / b**2 * _per_sample_sum((noise_fn(xt, t) + z) ** 2) / 2,
-        "no a": lam / b**2 * _per_sample_sum((noise_fn(x0 + _column(b, x0) * z, t) - z) ** 2) / 2,
-        "no half": lam / b**2 * err * 2,
+        "right": lam * a**2 / b**2 * err,
+        "no a2": lam / b**2 * err,
+        "no b2": lam * a**2 * err,
+        "a over b": lam * a / b * err,
+        "mean": lam * a**2 / b**2 * err / d,
+        "no half": lam * a**2 / b**2 * err * 2,
+        "noise target": lam / b**2 * _per_sample_sum((xhat - z) ** 2) / 2,
+        "tweedie over b": lam / 2 * _per_sample_sum((_column(a, x0) * xhat - xt + z) ** 2),  # b s = a D - x_t
     }
 
 
-def _dsm_loss(noise_fn, sde, weight, x0, t, z):
-    """Reference: lambda(t) / b(t)^2 || zhat(x_t, t) - z ||^2 / 2 with x_t = a(t) x0 + b(t) z,
-    the squared error summed over every coordinate of a sample."""
+def _denoiser_loss(denoiser, sde, weight, x0, t, z):
+    """Reference: lambda(t) a(t)^2 / b(t)^2 || D(x_t, t) - x0 ||^2 / 2 with x_t = a x0 + b z:
+    the loss of the score (a D - x_t) / b^2 (Tweedie), summed over a sample's coordinates."""
     a, b = sde.mean_coefficient(t), sde.kernel_std(t)
     xt = _column(a, x0) * x0 + _column(b, x0) * z
-    sq = (noise_fn(xt, t) - z) ** 2
-    return weight(t) / b**2 * jnp.sum(sq.reshape(sq.shape[0], -1), axis=1) / 2
+    sq = (denoiser(xt, t) - x0) ** 2
+    return weight(t) * a**2 / b**2 * jnp.sum(sq.reshape(sq.shape[0], -1), axis=1) / 2
 
 
-_DSM_MESSAGES = {
-    "no b2": "the weighting lambda(t) is used as it is, with no division by b(t)^2: write the loss "
-             "for the score network first, then substitute s_theta = -zhat / b(t)",
-    "over b": "divided by b(t) where the substitution gives b(t)^2",
+_DENOISER_MESSAGES = {
+    "no a2": "the weight misses a(t)^2: Tweedie's score has a(t) in front of the denoiser",
+    "no b2": "the weighting is not divided by b(t)^2: write the loss for the score network "
+             "first, then substitute Tweedie's score",
+    "a over b": "the weight has a(t) / b(t) where the substitution gives a square",
     "mean": "a mean over each sample's coordinates; the loss sums the squared error over them",
-    "sign": "the residual has the wrong sign: the network predicts the noise z that was added",
-    "no a": "x_t is built without the mean coefficient a(t) of the kernel",
     "no half": "twice the loss: the factor 1/2 is missing",
+    "noise target": "the noise predictor's loss with the denoiser in place of zhat: a denoiser's "
+                    "target is the clean x_0, not the noise z",
+    "tweedie over b": "the score is (a D - x_t) / b(t), not / b(t)^2 (Tweedie's formula)",
 }
 
 
-def _diagnose_dsm(arr, case):
-    variants = {k: np.asarray(v, np.float64) for k, v in _dsm_variants(*case).items()}
+def _diagnose_denoiser(arr, case):
+    variants = {k: np.asarray(v, np.float64) for k, v in _denoiser_variants(*case).items()}
     right = variants.pop("right")
-    named = [(_DSM_MESSAGES[k], v) for k, v in variants.items() if not is_close(v, right, 1e-4, 1e-5)]
+    named = [(_DENOISER_MESSAGES[k], v) for k, v in variants.items() if not is_close(v, right, 1e-4, 1e-5)]
     return _name_variant(arr, named, 1e-4, 1e-5)
 
 
-def _dsm_cases():
+def _denoiser_cases():
     rng = _rng()
     A = _f32(rng.normal(size=(2, 2)))
     C = _f32(rng.normal(size=(3, 3)) / 2)
 
-    def noise_2d(x, t):  # mixes a sample's coordinates, depends on t
+    def den_2d(x, t):  # mixes a sample's coordinates, depends on t
         return jnp.tanh(x @ A.T) * (1.0 + _column(t, x)) + 0.1 * x
 
-    def noise_3d(x, t):
+    def den_3d(x, t):
         return jnp.sin(x @ C) - 0.2 * _column(t, x) * x
 
-    def noise_images(x, t):  # (n, 2, 3): across one image's pixels
+    def den_images(x, t):  # (n, 2, 3): across one image's pixels
         return jnp.tanh(x + jnp.roll(x, 1, axis=2)) * (0.5 + _column(t, x))
 
     vp, ve, sub = sdes.VP(), sdes.VE(), sdes.SubVP()
     cases = []
-    for label, sde, weight, noise, shape in (
-            ("VP SDE, lambda = b(t)^2, d = 2", vp, lambda t: vp.kernel_std(t) ** 2, noise_2d, (6, 2)),
-            ("VP SDE, lambda = g(t)^2, d = 3", vp, lambda t: vp.diffusion(t) ** 2, noise_3d, (5, 3)),
-            ("VE SDE, lambda = 1, d = 2", ve, lambda t: jnp.ones_like(t), noise_2d, (4, 2)),
+    for label, sde, weight, den, shape in (
+            ("VP SDE, lambda = b(t)^2, d = 2", vp, lambda t: vp.kernel_std(t) ** 2, den_2d, (6, 2)),
+            ("VP SDE, lambda = g(t)^2, d = 3", vp, lambda t: vp.diffusion(t) ** 2, den_3d, (5, 3)),
+            ("VE SDE, lambda = 1, d = 2", ve, lambda t: jnp.ones_like(t), den_2d, (4, 2)),
             ("sub-VP SDE, lambda = 1 + t, samples of shape (2, 3)", sub, lambda t: 1.0 + t,
-             noise_images, (5, 2, 3)),
+             den_images, (5, 2, 3)),
             ("VP SDE, lambda = b(t)^2, a batch of one", vp, lambda t: vp.kernel_std(t) ** 2,
-             noise_3d, (1, 3))):
+             den_3d, (1, 3))):
         x0 = _f32(rng.normal(size=shape) * 2)
         t = _f32(rng.uniform(0.05, 1.0, size=shape[0]))
         z = _f32(rng.normal(size=shape))
-        cases.append((label, (noise, sde, weight, x0, t, z)))
+        cases.append((label, (den, sde, weight, x0, t, z)))
     return cases
 
 
 @exercise(
-    "dsm_loss",
+    "denoiser_loss",
     chapter=4,
     hint="The denoising score-matching loss of chapter 4 is written for a score network s_theta. "
-    "The noise-prediction parametrisation says how s_theta and zhat are related; substitute it "
-    "and simplify. One number per sample.",
+    "Tweedie's formula says which score a denoiser stands for; substitute it, use how x_t was "
+    "made from x_0 and z, and simplify. One number per sample.",
     hint2="x_t comes from the kernel of chapter 2 with the given z. After the substitution the "
-    "target of zhat is z itself, and the weighting in front of the squared error is no longer "
-    "lambda(t) alone: see what the factor b(t) inside the norm becomes outside it. Sum the "
-    "squared error over every coordinate of a sample, whatever its shape.",
+    "noise z cancels from the residual and what is left is the denoiser's error on x_0, times a "
+    "factor built from a(t) and b(t); the weighting in front is no longer lambda(t) alone. Sum "
+    "the squared error over every coordinate of a sample, whatever its shape.",
     blocked=("companion.losses:*",),
-    reference=_dsm_loss,
+    reference=_denoiser_loss,
 )
-def _test_dsm_loss(fn):
-    cases = _dsm_cases()
+def _test_denoiser_loss(fn):
+    cases = _denoiser_cases()
     args = [case for _, case in cases]
-    wants = call_compiled_each(_dsm_loss, args)
+    wants = call_compiled_each(_denoiser_loss, args)
     for (label, case), got, want in zip(cases, call_compiled_each(fn, args), wants):
-        what = f"dsm_loss ({label})"
+        what = f"denoiser_loss ({label})"
         arr = as_array(got, what)
         if arr.shape != want.shape:
             raise Mismatch(f"{what}: expected one loss per sample, shape {want.shape}, got {arr.shape}")
         expect_close(got, want, what=what, rtol=1e-4, atol=1e-5,
-                     diagnose=lambda a, case=case: _diagnose_dsm(a, case))
+                     diagnose=lambda a, case=case: _diagnose_denoiser(a, case))
 
 
 # ------------------------------------------------------------------ preconditioned_langevin

@@ -77,92 +77,103 @@ def test_hutchinson_trace_names_the_mistake(wrong, words, capsys):
     assert words in message("hutchinson_trace", HUTCH_WRONG[wrong], capsys)
 
 
-# ------------------------------------------------------------------------------ dsm_loss
+# ------------------------------------------------------------------------------ denoiser_loss
 
 
 def _col(v, x):
     return v.reshape((-1,) + (1,) * (x.ndim - 1))
 
 
-def dsm_right(noise_fn, sde, weight, x0, t, z):
-    mean, std = sde.marginal(x0, t)  # the same thing through the SDE's own kernel
+def den_right(denoiser, sde, weight, x0, t, z):
+    mean, std = sde.marginal(x0, t)  # the kernel through the SDE; Tweedie's score, unsimplified
     xt = mean + _col(std, x0) * z
-    score = -noise_fn(xt, t) / _col(std, x0)  # back to a score network, then the chapter's loss
-    sq = (_col(std, x0) * (score + z / _col(std, x0))) ** 2
-    return weight(t) / std**2 * 0.5 * sq.reshape(len(t), -1).sum(1)
-
-
-def _dsm(noise_fn, sde, weight, x0, t, z, *, sign=1.0, with_mean=True, power=2, half=True,
-         reduce="sum"):
-    a = _col(sde.mean_coefficient(t), x0) if with_mean else 1.0
-    b = sde.kernel_std(t)
-    xt = a * x0 + _col(b, x0) * z
-    sq = ((noise_fn(xt, t) - sign * z) ** 2).reshape(len(t), -1)
-    out = sq.sum(1) if reduce == "sum" else sq.mean(1)
-    out = weight(t) / b**power * out
-    return 0.5 * out if half else out
-
-
-def dsm_score_form(noise_fn, sde, weight, x0, t, z):  # lambda ||s + z/b||^2/2 with s = zhat / b
-    b = _col(sde.kernel_std(t), x0)
-    xt = _col(sde.mean_coefficient(t), x0) * x0 + b * z
-    sq = (noise_fn(xt, t) / b + z / b) ** 2
+    a = _col(sde.mean_coefficient(t), x0)
+    score = (a * denoiser(xt, t) - xt) / _col(std, x0) ** 2
+    sq = (_col(std, x0) * score + z) ** 2
     return weight(t) * 0.5 * sq.reshape(len(t), -1).sum(1)
 
 
-def dsm_2d_only(noise_fn, sde, weight, x0, t, z):  # reshapes with [:, None]: (n, d) only
-    b, a = sde.kernel_std(t)[:, None], sde.mean_coefficient(t)[:, None]
+def den_simplified(denoiser, sde, weight, x0, t, z):
+    a, b = sde.mean_coefficient(t), sde.kernel_std(t)
+    xt = _col(a, x0) * x0 + _col(b, x0) * z
+    err = (denoiser(xt, t) - x0).reshape(len(t), -1)
+    return weight(t) * (a / b) ** 2 * 0.5 * jnp.sum(err**2, axis=1)
+
+
+def _den(denoiser, sde, weight, x0, t, z, *, a_power=2, b_power=2, half=True, reduce="sum",
+         with_mean=True, target="x0"):
+    a, b = sde.mean_coefficient(t), sde.kernel_std(t)
+    xt = (_col(a, x0) if with_mean else 1.0) * x0 + _col(b, x0) * z
+    sq = ((denoiser(xt, t) - (x0 if target == "x0" else z)) ** 2).reshape(len(t), -1)
+    out = sq.sum(1) if reduce == "sum" else sq.mean(1)
+    out = weight(t) * a**a_power / b**b_power * out
+    return 0.5 * out if half else out
+
+
+def den_tweedie_over_b(denoiser, sde, weight, x0, t, z):  # score (a D - x_t) / b
+    a, b = (_col(v, x0) for v in (sde.mean_coefficient(t), sde.kernel_std(t)))
     xt = a * x0 + b * z
-    return weight(t) / b[:, 0] ** 2 * 0.5 * jnp.sum((noise_fn(xt, t) - z) ** 2, axis=1)
+    score = (a * denoiser(xt, t) - xt) / b
+    return weight(t) * 0.5 * ((b * score + z) ** 2).reshape(len(t), -1).sum(1)
 
 
-DSM_WRONG = {
-    "no b^2 weight": lambda *a: _dsm(*a, power=0),
-    "mean over coordinates": lambda *a: _dsm(*a, reduce="mean"),
-    "target -z (sign)": lambda *a: _dsm(*a, sign=-1.0),
-    "x_t without the mean coefficient": lambda *a: _dsm(*a, with_mean=False),
-    "divided by b, not b^2": lambda *a: _dsm(*a, power=1),
-    "no factor 1/2": lambda *a: _dsm(*a, half=False),
-    "score form with s = +zhat / b": dsm_score_form,
-    "(n, d) only: sums the last axis of images": dsm_2d_only,
-    "batch mean instead of per sample": lambda *a: jnp.mean(_dsm(*a)),
+def den_sign(denoiser, sde, weight, x0, t, z):  # score (x_t - a D) / b^2
+    a, b = (_col(v, x0) for v in (sde.mean_coefficient(t), sde.kernel_std(t)))
+    xt = a * x0 + b * z
+    score = (xt - a * denoiser(xt, t)) / b**2
+    return weight(t) * 0.5 * ((b * score + z) ** 2).reshape(len(t), -1).sum(1)
+
+
+DEN_WRONG = {
+    "no a^2 in the weight": lambda *a: _den(*a, a_power=0),
+    "no division by b^2": lambda *a: _den(*a, b_power=0),
+    "a / b, not squared": lambda *a: _den(*a, a_power=1, b_power=1),
+    "mean over coordinates": lambda *a: _den(*a, reduce="mean"),
+    "no factor 1/2": lambda *a: _den(*a, half=False),
+    "the noise predictor's loss, printed": lambda *a: _den(*a, a_power=0, target="z"),
+    "x_t without the mean coefficient": lambda *a: _den(*a, with_mean=False),
+    "Tweedie over b, not b^2": den_tweedie_over_b,
+    "Tweedie with the wrong sign": den_sign,
+    "batch mean instead of per sample": lambda *a: jnp.mean(_den(*a)),
 }
 
 
-def test_dsm_loss_accepts_right_answers():
-    assert check("dsm_loss", dsm_right)
-    assert check("dsm_loss", exercises.get("dsm_loss").reference)
+@pytest.mark.parametrize("fn", [den_right, den_simplified])
+def test_denoiser_loss_accepts_right_answers(fn):
+    assert check("denoiser_loss", fn)
 
 
-@pytest.mark.parametrize("wrong", DSM_WRONG.values(), ids=DSM_WRONG.keys())
-def test_dsm_loss_rejects_wrong_answers(wrong):
-    assert not check("dsm_loss", wrong)
+@pytest.mark.parametrize("wrong", DEN_WRONG.values(), ids=DEN_WRONG.keys())
+def test_denoiser_loss_rejects_wrong_answers(wrong):
+    assert not check("denoiser_loss", wrong)
 
 
 @pytest.mark.parametrize("wrong, words", [
-    ("no b^2 weight", "no division by b(t)^2"),
+    ("no a^2 in the weight", "misses a(t)^2"),
+    ("no division by b^2", "not divided by b(t)^2"),
+    ("a / b, not squared", "gives a square"),
     ("mean over coordinates", "a mean over each sample's coordinates"),
-    ("target -z (sign)", "wrong sign"),
-    ("x_t without the mean coefficient", "without the mean coefficient a(t)"),
-    ("divided by b, not b^2", "divided by b(t) where"),
     ("no factor 1/2", "factor 1/2 is missing"),
-    ("score form with s = +zhat / b", "wrong sign"),
+    ("the noise predictor's loss, printed", "not the noise z"),
+    ("Tweedie over b, not b^2", "not / b(t)^2"),
     ("batch mean instead of per sample", "one loss per sample"),
 ])
-def test_dsm_loss_names_the_mistake(wrong, words, capsys):
-    assert words in message("dsm_loss", DSM_WRONG[wrong], capsys)
+def test_denoiser_loss_names_the_mistake(wrong, words, capsys):
+    assert words in message("denoiser_loss", DEN_WRONG[wrong], capsys)
 
 
-def dsm_library(noise_fn, sde, weight, x0, t, z):  # the companion's loss draws its own noise
+def den_library(denoiser, sde, weight, x0, t, z):  # the companion's loss draws its own noise
     from companion import losses
 
-    model = lambda x, tt: -noise_fn(x, tt) / _col(sde.kernel_std(tt), x)  # noqa: E731
-    loss = losses.denoising_score_matching(sde)
-    return loss.per_sample(model, x0, jax.random.key(0))
+    def model(x, tt):
+        a, b = (_col(v, x) for v in (sde.mean_coefficient(tt), sde.kernel_std(tt)))
+        return (a * denoiser(x, tt) - x) / b**2
+
+    return losses.denoising_score_matching(sde).per_sample(model, x0, jax.random.key(0))
 
 
 def test_library_calls_are_refused_kindly(capsys):
-    for name, fn in (("dsm_loss", dsm_library), ("hutchinson_trace", hutchinson_library),
+    for name, fn in (("denoiser_loss", den_library), ("hutchinson_trace", hutchinson_library),
                      ("hutchinson_trace", hutchinson_exact_library)):
         assert "write it yourself" in message(name, fn, capsys)
 
