@@ -23,7 +23,13 @@ coordinates of x given the known ones, run a reverse-time sampler on the whole v
 after every step to time t, overwrite the known coordinates by a fresh draw from the
 forward kernel p_0t(x_t | x_0) = N(a(t) x_0, b(t)^2 I) of the known values,
 x_o(t) <- a(t) x_o + b(t) z (:func:`impute`). Chapter 6 measures that it under-uses the
-known coordinates when the unknown ones depend on them.
+known coordinates when the unknown ones depend on them. *Resampling* (Lugmayr et al.
+2022, RePaint; ``impute(..., jumps=J)``) takes each step J times: after the step from t
+down to t' and the replacement, the whole vector goes back up to t by the forward
+transition x_t = (a(t)/a(t')) x_t' + (b(t)^2 - (a(t)/a(t'))^2 b(t')^2)^(1/2) z
+(:meth:`companion.sde.LinearSDE.transition`) and the step is taken again, so the unknown
+coordinates get J chances per noise level to agree with the known ones; chapter 7
+measures what it buys on the digits.
 
 The guided scores are pytree callables whose fields are the score model(s), the
 classifier, the labels and the scale: a sampler takes them as traced state
@@ -178,8 +184,11 @@ def classifier_free(cond_score_fn: ScoreFn, uncond_score_fn: ScoreFn, scale: flo
 # --------------------------------------------------------------------------- imputation
 
 
+_UP = 1 << 20  # fold_in tag of the noise that takes a resampling pass back up to t
+
+
 @functools.partial(jax.jit, static_argnames=("sde", "predictor", "corrector", "n_corrector"))  # score_fn: traced
-def _impute(sde, score_fn, key, x_known, mask, n_steps, eps, predictor, corrector, n_corrector, snr):
+def _impute(sde, score_fn, key, x_known, mask, n_steps, eps, predictor, corrector, n_corrector, snr, jumps):
     k_prior, k_known, k_loop = jax.random.split(key, 3)
     x = sde.prior_sample(k_prior, x_known.shape).astype(x_known.dtype)
     predictor_step, corrector_step = sampling.PREDICTORS[predictor], sampling.CORRECTORS[corrector]
@@ -203,11 +212,24 @@ def _impute(sde, score_fn, key, x_known, mask, n_steps, eps, predictor, correcto
     predict = replacing(lambda x, t, t_next, k: predictor_step(sde, score_fn, x, t, t_next, k), at_next=True)
     correct = replacing(lambda x, t, t_next, k: corrector_step(sde, score_fn, x, t, t_next, k, snr), at_next=False)
 
-    def step(x, t, t_next, k):
+    def one_pass(x, t, t_next, k):
         keys = jax.random.split(k, 2 * n_corrector + 2)  # (step, replacement) per sub-step
         for j in range(n_corrector):  # correct at t, keeping the known part a draw at t
             x, _ = correct(x, t, t_next, keys[2 * j], keys[2 * j + 1])
         return predict(x, t, t_next, keys[-2], keys[-1])
+
+    def step(x, t, t_next, k):
+        ratio, std = sde.transition(t_next, t)
+
+        def jump(j, carry):  # pass j >= 1 starts by going back up from t_next to t
+            x, _ = carry
+            # pass 0 uses k itself, so jumps = 1 is plain replacement, key for key
+            k_j = jax.lax.cond(j == 0, lambda: k, lambda: jax.random.fold_in(k, j))
+            up = ratio * x + std * jax.random.normal(jax.random.fold_in(k_j, _UP), x.shape, x.dtype)
+            return one_pass(jnp.where(j > 0, up, x), t, t_next, k_j)
+
+        # a traced trip count: one compiled sampler serves every number of jumps
+        return jax.lax.fori_loop(0, jumps, jump, (x, x))
 
     x = replace(x, sde.T, k_known)
     return sampling.reverse_loop(step, sde, x, k_loop, n_steps, eps)
@@ -226,6 +248,7 @@ def impute(
     n_corrector: int = 0,
     snr: float = 0.16,
     corrector: str = "langevin",
+    jumps: int = 1,
 ) -> tuple[jax.Array, int]:
     """Sample the unknown coordinates of ``x_known`` by the replacement method.
 
@@ -241,12 +264,20 @@ def impute(
     splits ``fold_in(key_loop, k)`` into ``2 n_corrector + 2`` keys, a (step,
     replacement) pair per corrector step and then the predictor's.
 
+    With ``jumps = J > 1`` each step is taken J times (resampling, Lugmayr et al. 2022):
+    between two passes the whole array goes back up from t' to t by the forward
+    transition x_t = (a(t)/a(t')) x_t' + (b(t)^2 - (a(t)/a(t'))^2 b(t')^2)^(1/2) z; pass
+    j >= 1 uses ``fold_in(key_k, j)`` where pass 0 uses ``key_k``, so ``jumps = 1`` is the
+    plain replacement sampler, draw for draw. The number of jumps is traced: one
+    compiled sampler serves every ``jumps`` (and ``n_steps``).
+
     Args:
         x_known: ``(n, *dims)``; its values where ``mask`` is False are ignored.
         mask: booleans broadcastable to ``x_known.shape``, True where a coordinate is known
             (``(d,)`` or ``(1, d)`` for one mask for every sample, ``(n, *dims)`` for one each).
 
-    Returns ``(x, nfe)``: ``x`` shaped like ``x_known``, ``nfe = n_steps * (1 + n_corrector)``.
+    Returns ``(x, nfe)``: ``x`` shaped like ``x_known``,
+    ``nfe = n_steps * jumps * (1 + n_corrector)``.
     """
     check_sde(sde)
     check_score_fn(score_fn)
@@ -268,5 +299,7 @@ def impute(
         raise ValueError(f"predictor: expected one of {sorted(sampling.PREDICTORS)}, got {predictor!r}")
     if corrector not in sampling.CORRECTORS:
         raise ValueError(f"corrector: expected one of {sorted(sampling.CORRECTORS)}, got {corrector!r}")
-    x = _impute(sde, traceable(score_fn), key, x_known, mask, n_steps, eps, predictor, corrector, n_corrector, snr)
-    return x, n_steps * (1 + n_corrector)
+    jumps = check_int("jumps", jumps, 1)
+    x = _impute(sde, traceable(score_fn), key, x_known, mask, n_steps, eps, predictor, corrector, n_corrector, snr,
+                jumps)
+    return x, n_steps * jumps * (1 + n_corrector)

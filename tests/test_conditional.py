@@ -178,6 +178,42 @@ def test_imputation_matches_the_exact_conditional(mix, sde):
             assert abs(side.std() - 0.5) < 0.05
 
 
+def test_resampling_recovers_the_dependence_replacement_misses():
+    """x_2 given x_1 for a Gaussian with correlation 0.95, exact score: the exact conditional
+    has slope 0.95. Replacement (300 steps) under-uses x_1 whatever the step count (measured
+    slope 0.73, residual sd 0.49 for the exact 0.31); resampling at the same 300 NFE
+    (60 steps, 5 jumps) recovers it (measured 0.942, residual sd 0.309). With n = 4000 the
+    slope's standard error is about 0.3 / sqrt(4000) = 0.005; the tolerance 0.03 allows
+    that (4 SE) and the 60-step grid's discretisation bias (0.008 measured)."""
+    rho, n = 0.95, 4000
+    g = toy.GaussianMixture(jnp.zeros((1, 2)), jnp.array([[[1.0, rho], [rho, 1.0]]]), jnp.ones(1))
+    vp = VP()
+    x1 = jax.random.normal(jax.random.key(3), (n,))
+    x_known = jnp.stack([x1, jnp.zeros(n)], axis=1)
+    slope = {}
+    for n_steps, jumps in ((300, 1), (60, 5)):
+        x, nfe = C.impute(vp, toy.exact_score(g, vp), jax.random.key(0), x_known, jnp.array([True, False]),
+                          n_steps=n_steps, jumps=jumps)
+        assert nfe == 300
+        np.testing.assert_array_equal(np.asarray(x[:, 0]), np.asarray(x1))  # the known part, exactly
+        slope[jumps] = np.polyfit(np.asarray(x1), np.asarray(x[:, 1]), 1)[0]
+    assert slope[1] < 0.8, slope  # replacement: far below 0.95 (40 standard errors)
+    assert abs(slope[5] - rho) < 0.03, slope
+
+
+def test_one_jump_is_replacement_draw_for_draw(mix, sde):
+    """jumps = 1 runs the plain replacement sampler with the same keys: the same draws as
+    the default call (one compiled sampler, the trip count traced)."""
+    x_known = mix.sample(jax.random.key(1), 64)
+    args = (sde, toy.exact_score(mix, sde), jax.random.key(0), x_known, jnp.array([True, False]))
+    a, nfe_a = C.impute(*args, n_steps=30)
+    b, nfe_b = C.impute(*args, n_steps=30, jumps=1)
+    c, nfe_c = C.impute(*args, n_steps=30, jumps=2)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert (nfe_a, nfe_b, nfe_c) == (30, 30, 60)
+    assert not np.allclose(np.asarray(a[:, 1]), np.asarray(c[:, 1]))
+
+
 def test_impute_with_a_corrector_and_image_shaped_data(sde):
     """Shapes (n, h, w, c) with a per-sample mask; the known pixels come back unchanged."""
     g = toy.GaussianMixture(jnp.zeros((1, 4)), jnp.eye(4)[None], jnp.ones(1))
@@ -195,7 +231,7 @@ def test_impute_with_a_corrector_and_image_shaped_data(sde):
 @pytest.mark.parametrize("kwargs, match", [
     ({"mask": jnp.array([1, 0])}, "mask"), ({"mask": jnp.array([True, False, True])}, "mask"),
     ({"n_steps": 0}, "n_steps"), ({"predictor": "heun"}, "predictor"), ({"eps": 2.0}, "eps"),
-    ({"x_known": jnp.zeros(3)}, "x_known"),
+    ({"x_known": jnp.zeros(3)}, "x_known"), ({"jumps": 0}, "jumps"),
 ])
 def test_impute_rejects_bad_arguments(mix, sde, kwargs, match):
     args = {"x_known": jnp.zeros((3, 2)), "mask": jnp.array([True, False])}
