@@ -50,12 +50,12 @@ import optax
 from flax import nnx
 
 from companion import consistency, data, nets, train_digits, training
-from companion._common import DEFAULT_EPS, check_positive, check_positive_int
+from companion._common import DEFAULT_EPS, check_positive, check_positive_int, traceable
 from companion.sde import check_cutoff
 
 __all__ = [
     "CHECKPOINT_DIR", "FILE", "SDE", "EPS", "SIGMA_DATA", "UNET", "TRAINING", "COST", "DigitsConsistencyModel",
-    "model", "teacher", "train", "load", "teacher_evaluations", "main",
+    "model", "teacher", "train", "load", "sample", "teacher_evaluations", "main",
 ]
 
 CHECKPOINT_DIR = train_digits.CHECKPOINT_DIR
@@ -172,6 +172,30 @@ def train(*, seed: int = 0, score_fn: nnx.Module | None = None, log_every: int =
 def load(directory: str | Path = CHECKPOINT_DIR) -> DigitsConsistencyModel:
     """The shipped (or ``directory``'s) student."""
     return training.load_checkpoint(training.template(model), Path(directory) / FILE)
+
+
+@jax.jit
+def _evaluate(model, x, t):
+    return model(x, t)
+
+
+def sample(model: consistency.ConsistencyModel, key: jax.Array, shape: tuple[int, ...],
+           times: Sequence[float] = (1.0,)) -> tuple[jax.Array, int]:
+    """:func:`companion.consistency.sample` (the same algorithm, keys and draws; the same
+    result up to float32 rounding) with one compiled evaluation of ``model`` reused at
+    every step and every call: ``consistency.sample`` compiles its loop unrolled, once per
+    number of steps, and XLA:CPU spends seconds on each copy of the U-Net. ``times``
+    decreasing in (eps, T], ``times[0]`` = T. Returns ``(x, nfe)``, ``x`` of shape ``shape``."""
+    times, sde, eps = np.asarray(times, np.float64), model.sde, model.eps
+    if times.ndim != 1 or times.size == 0 or times[0] != sde.T or np.any(np.diff(times) >= 0) or times[-1] <= eps:
+        raise ValueError(f"times: expected decreasing times starting at T = {sde.T}, all above eps, got {times}")
+    ts, f = jnp.asarray(times, jnp.result_type(float)), traceable(model)
+    keys = jax.random.split(key, ts.shape[0])
+    x = _evaluate(f, sde.prior_sample(keys[0], tuple(shape)), ts[0])
+    for k in range(1, ts.shape[0]):  # re-noise from eps to t_k, then denoise
+        r, q = sde.transition(eps, ts[k])
+        x = _evaluate(f, r * x + q * jax.random.normal(keys[k], tuple(shape), x.dtype), ts[k])
+    return x, int(times.size)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -73,6 +73,18 @@ are far below 0.01). The known-wrong
     assert min(untrained, off) > 0.5, (untrained, off)  # measured 0.79 and 0.86
 
 
+def test_sample_is_the_companion_sampler_with_one_compiled_evaluation(shipped):
+    times = (1.0, 0.5)
+    want, nfe = consistency.sample(shipped, tcd.SDE, jax.random.key(4), (4, 8, 8, 1), times)
+    got, nfe_ = tcd.sample(shipped, jax.random.key(4), (4, 8, 8, 1), times)
+    assert nfe == nfe_ == 2
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)  # float32 rounding only (data range 1)
+    other, _ = tcd.sample(shipped, jax.random.key(5), (4, 8, 8, 1), times)
+    assert _rms(other, want) > 0.1  # another key: other digits
+    with pytest.raises(ValueError, match="times"):
+        tcd.sample(shipped, jax.random.key(4), (4, 8, 8, 1), (0.5, 1.0))
+
+
 def test_a_short_training_run_lowers_the_loss():
     teacher = tcd.teacher()
     _, history = tcd.train(score_fn=teacher, steps=40, batch_size=32, from_teacher=False, warmup_steps=5)
