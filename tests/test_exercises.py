@@ -479,7 +479,7 @@ def test_a_near_miss_gets_its_diagnosis_and_hint_not_an_accusation(inverse_exerc
     assert not exercises.check("halflogdet", near_miss)
     out = capsys.readouterr().out
     assert "the factor 1/2 is missing" in out and "Hint: half of a log-determinant" in out
-    assert "Stuck?" in out and "already computes the answer" not in out
+    assert "Stuck?" in out and "your function calls" not in out
 
 
 def test_the_readers_own_blocked_call_is_still_refused(inverse_exercise, capsys):
@@ -487,13 +487,13 @@ def test_the_readers_own_blocked_call_is_still_refused(inverse_exercise, capsys)
         return -0.5 * np.log(np.linalg.det(np.linalg.inv(a)))
 
     assert not exercises.check("halflogdet", uses_inv)
-    assert "numpy.linalg.inv, which already computes the answer" in capsys.readouterr().out
+    assert "numpy.linalg.inv, which forms an inverse" in capsys.readouterr().out
 
     def returns_a_function_that_uses_inv(a):
         return lambda: -0.5 * np.log(np.linalg.det(np.linalg.inv(a)))
 
     assert not exercises.check("halflogdet", returns_a_function_that_uses_inv)
-    assert "already computes the answer" in capsys.readouterr().out
+    assert "forms an inverse" in capsys.readouterr().out
     assert np.linalg.inv(np.eye(2)).shape == (2, 2)  # put back after the check
 
 

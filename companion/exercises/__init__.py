@@ -25,7 +25,8 @@ from companion.exercises._progress import progress_path
 from companion.exercises import odes, orders  # noqa: F401  chapter 1
 from companion.exercises import sdes, reverse  # noqa: F401  chapters 2 and 3
 from companion.exercises import score_matching, flow  # noqa: F401  chapters 4, 5
-from companion.exercises import mixtures, guidance, images  # noqa: F401  chapters 6, 7
+from companion.exercises import mixtures, guidance  # noqa: F401  chapter 6
+from companion.exercises import denoisers, images  # noqa: F401  chapter 7
 from companion.exercises import flow_matching  # noqa: F401  chapter 8
 from companion.exercises import few_steps  # noqa: F401  chapter 9
 

@@ -25,6 +25,9 @@ WHY = {
     "jax:jacrev": "forms the whole Jacobian, which this exercise rules out",
     "jax:hessian": "forms the whole Jacobian, which this exercise rules out",
     "diffrax:diffeqsolve": "is a solver, which this exercise rules out",
+    **{f"{m}:{f}": "forms an inverse, which this exercise rules out"
+       for m in ("numpy.linalg", "jax.numpy.linalg", "scipy.linalg", "jax.scipy.linalg")
+       for f in ("inv", "pinv", "pinvh", "tensorinv")},
 }
 
 

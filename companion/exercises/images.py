@@ -1,8 +1,6 @@
-"""Hidden tests of the exercises of chapter 7 (images).
+"""Hidden tests of the exercises of chapter 7 (images); the first, ``gaussian_denoiser``,
+is in :mod:`companion.exercises.denoisers`.
 
-* ``gaussian_log_prob(x, mean, cov)`` (warm-up): log N(x; mean, cov) with a full
-  covariance, per sample, without forming the inverse covariance (the Gaussian baseline of
-  chapter 7, the Cholesky route the chapter shows).
 * ``histogram_bits(train_levels, test_levels, n_levels, alpha)`` (derivation): the
   per-pixel histogram baseline, fitted with add-alpha smoothing, in bits per dimension
   of each test image.
@@ -15,184 +13,14 @@ Inputs come from fixed seeds; messages say how an answer is wrong, never what is
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import importlib
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from companion.exercises._calling import call_compiled_each
-from companion.exercises._core import Mismatch, WriteItYourself, as_array, exercise, expect_close, is_close
+from companion.exercises._core import Mismatch, as_array, exercise, expect_close, is_close
 
 __all__: list[str] = []  # importing the module registers its exercises; nothing to import
-
-
-# -------------------------------------------------------------------------- gaussian_log_prob
-
-
-def _gaussian_log_prob(x, mean, cov):
-    """Reference: -0.5 (x - mu)^T S^{-1} (x - mu) - 0.5 log det(2 pi S), via a Cholesky factor."""
-    x, mean, cov = (np.asarray(a, np.float64) for a in (x, mean, cov))
-    chol = np.linalg.cholesky(cov)
-    z = np.linalg.solve(chol, (x - mean).T).T
-    d = x.shape[1]
-    return -0.5 * np.sum(z**2, axis=1) - np.sum(np.log(np.diag(chol))) - 0.5 * d * math.log(2 * math.pi)
-
-
-def _gaussian_cases():
-    rng = np.random.default_rng(20210702)
-    cases = []
-    for d in (1, 2, 5, 16):
-        a = rng.normal(size=(d, d))
-        cov = a @ a.T / d + 0.2 * np.eye(d) + np.diag(rng.uniform(0, 2, d))
-        mean = rng.normal(0, 1, d)
-        x = mean + rng.normal(0, 1.5, (6, d))
-        cases.append((f"d = {d}, a full covariance", x, mean, cov))
-    d = 3
-    cases.append(("d = 3, a diagonal covariance", rng.normal(size=(4, d)), np.zeros(d), np.diag([0.1, 1.0, 4.0])))
-    return cases
-
-
-def _diagnose_gaussian(arr, x, mean, cov):
-    """Name a known mistake. Runs after the reader's function, outside the blocked-call
-    watch, and computes with Cholesky solves only (no inverse: the checker never does what
-    the reader is asked not to do)."""
-    x, mean, cov = (np.asarray(a, np.float64) for a in (x, mean, cov))
-    d = x.shape[1]
-    diff = x - mean
-    chol = np.linalg.cholesky(cov)
-    white = np.linalg.solve(chol, diff.T).T  # L^{-1} (x - mu), a triangular system
-    quad = np.sum(white**2, axis=1)
-    logdet = 2 * np.sum(np.log(np.diag(chol)))
-    c = 0.5 * d * math.log(2 * math.pi)
-
-    def near(v):
-        return is_close(arr, v, 1e-3, 1e-3)
-
-    if near(-0.5 * quad - logdet - c):
-        return "the log-determinant enters with a factor 1/2: log det(S)^(1/2)"
-    if near(-0.5 * quad - 0.5 * logdet):
-        return "the constant -d/2 log(2 pi) is missing"
-    if near(-0.5 * quad - 0.5 * logdet - math.log(2 * math.pi)) and d != 2:
-        return "the constant is -d/2 log(2 pi): one log(2 pi) per coordinate, halved"
-    if near(-quad - 0.5 * logdet - c):
-        return "the quadratic form takes a factor 1/2"
-    if near(-0.5 * np.sqrt(quad) - 0.5 * logdet - c):
-        return "the quadratic form is the squared length of the whitened vector, not its length"
-    if near(-0.5 * np.einsum("ni,ij,nj->n", diff, cov, diff) - 0.5 * logdet - c):
-        return "the quadratic form uses the covariance; it takes its inverse (solve with it)"
-    if near(-0.5 * np.sum(diff**2 / np.diag(cov), axis=1) - 0.5 * np.sum(np.log(np.diag(cov))) - c):
-        return "only the diagonal of the covariance is used: the correlations are part of the model"
-    upper = np.linalg.solve(chol.T, diff.T).T  # solving with L^T instead of L
-    if near(-0.5 * np.sum(upper**2, axis=1) - 0.5 * logdet - c):
-        return ("the whitening solves with the transpose of the Cholesky factor: with S = L L^T, "
-                "it is L that whitens (lower=True)")
-    return None
-
-
-# Solving against the identity forms the inverse as surely as inv does: these solvers are
-# watched while the reader's function runs (eagerly, on concrete arrays) and refuse an
-# identity right-hand side.
-_SOLVERS = (
-    "jax.numpy.linalg:solve", "numpy.linalg:solve", "scipy.linalg:solve",
-    "jax.scipy.linalg:solve", "jax.scipy.linalg:solve_triangular", "scipy.linalg:solve_triangular",
-    "jax.scipy.linalg:cho_solve", "scipy.linalg:cho_solve", "numpy.linalg:lstsq", "jax.numpy.linalg:lstsq",
-)
-
-
-def _is_identity(b):
-    if isinstance(b, jax.core.Tracer):  # a traced value cannot be looked at
-        return False
-    b = np.asarray(b)
-    return b.ndim == 2 and b.shape[0] == b.shape[1] > 1 and np.array_equal(b, np.eye(b.shape[0]))
-
-
-@contextlib.contextmanager
-def _no_identity_solves(fn):
-    undo = []
-
-    def watch(original, short):
-        @functools.wraps(original)
-        def solve(*args, **kwargs):
-            rhs = kwargs.get("b", args[1] if len(args) > 1 else None)
-            if rhs is not None and _is_identity(rhs):
-                raise WriteItYourself(
-                    f"your function calls {short} against the identity matrix, which forms the "
-                    "inverse covariance. Solve against x - mean instead (the exercise asks for "
-                    "no inverse, however it is computed).")
-            return original(*args, **kwargs)
-
-        return solve
-
-    try:
-        swapped = {}
-        for path in _SOLVERS:
-            module, _, attr = path.partition(":")
-            owner = importlib.import_module(module)
-            original = getattr(owner, attr)
-            undo.append((owner.__dict__, attr, original))
-            swapped[id(original)] = owner.__dict__[attr] = watch(original, path.replace(":", "."))
-        namespace = getattr(fn, "__globals__", {})  # names the reader imported from those modules
-        for key, value in [(k, v) for k, v in namespace.items() if id(v) in swapped]:
-            undo.append((namespace, key, value))
-            namespace[key] = swapped[id(value)]
-        yield
-    finally:
-        for where, attr, original in reversed(undo):
-            where[attr] = original
-
-
-@exercise(
-    "gaussian_log_prob",
-    chapter=7,
-    hint=(
-        "The log-density of a Gaussian with a full covariance (chapter 7, 'Baselines that "
-        "need no network'), without ever forming the inverse covariance: the Cholesky factor "
-        "of the covariance gives both the quadratic form and the log-determinant."
-    ),
-    hint2=(
-        "With the Cholesky factor L (covariance = L L^T), a triangular solve against "
-        "x - mean whitens each sample, and the log-determinant comes from L's diagonal. "
-        "Then count the factors 1/2 and the constant term of the density once more."
-    ),
-    blocked=(
-        "jax.scipy.stats.multivariate_normal:logpdf",
-        "jax.scipy.stats.multivariate_normal:pdf",
-        "scipy.stats:multivariate_normal.logpdf",
-        "scipy.stats:multivariate_normal.pdf",
-        "scipy.stats._multivariate:multivariate_normal_gen.__call__",
-        "scipy.stats._multivariate:multivariate_normal_frozen.logpdf",
-        "scipy.stats._multivariate:multivariate_normal_frozen.pdf",
-        "jax.numpy.linalg:inv",
-        "jax.numpy.linalg:pinv",
-        "numpy.linalg:inv",
-        "numpy.linalg:pinv",
-        "scipy.linalg:inv",
-        "scipy.linalg:pinv",
-        "jax.scipy.linalg:inv",
-        "numpy.linalg:tensorinv",
-        "jax.numpy.linalg:tensorinv",
-    ),
-    reference=_gaussian_log_prob,
-)
-def _test_gaussian_log_prob(fn):
-    cases = _gaussian_cases()
-    label, x, mean, cov = cases[2]
-    # one eager call on concrete arrays: solving against the identity is visible there
-    with _no_identity_solves(fn):
-        fn(*(jnp.asarray(a, jnp.float32) for a in (x, mean, cov)))
-    args = [tuple(jnp.asarray(a, jnp.float32) for a in (x, mean, cov)) for _, x, mean, cov in cases]
-    # the cases as one compiled program (case by case if fn cannot be traced)
-    for (label, x, mean, cov), got in zip(cases, call_compiled_each(fn, args)):
-        want = _gaussian_log_prob(x, mean, cov)
-        what = f"case '{label}'"
-        arr = as_array(got, what)
-        # float32 solves with condition numbers < 1e3 on values of size ~10: rtol 1e-3, atol 1e-3
-        expect_close(arr, want, what=what, rtol=1e-3, atol=1e-3,
-                     diagnose=lambda arr: _diagnose_gaussian(arr, x, mean, cov))
 
 
 # ------------------------------------------------------------------------- histogram_bits
