@@ -79,11 +79,11 @@ def _cases():
     vp, ve = train_digits.SDE, sdes.VE(sigma_min=0.01, sigma_max=10.0)
     sub = sdes.SubVP(beta_min=0.1, beta_max=20.0)
 
-    def gaussian(d, lam):
+    def gaussian(d, lam, scale=1.0, rng=rng):
         q, _ = np.linalg.qr(rng.normal(size=(d, d)))
-        return np.float32(rng.normal(size=d)), np.float32((q * lam) @ q.T), q
+        return np.float32(scale * rng.normal(size=d)), np.float32((q * lam) @ q.T), q
 
-    def noisy(sde, t, mean, q, lam, n, x0=None):
+    def noisy(sde, t, mean, q, lam, n, x0=None, rng=rng):
         if x0 is None:
             x0 = mean + (rng.normal(size=(n, len(mean))) * np.sqrt(lam)) @ q.T
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (n,))
@@ -109,10 +109,15 @@ def _cases():
     cases.append(("d = 64, the digits' Gaussian of chapter 7, the VP SDE of its U-Net, one time per "
                   "row (unsorted, t = 0.001 to 1)", noisy(vp, t64, dm, None, None, 6, x0), t64, dm, dc,
                   vp, False))
-    lam6 = np.logspace(-6, 0, 6)  # condition number 1e6; b(1e-4)^2 = 1.4e-7 sits below 1e-6
-    m6, c6, q6 = gaussian(6, lam6)
+    # condition number 1e6, variances 9e-6 to 9; b(1e-4)^2 = 1.4e-7 sits far below the smallest.
+    # Its own seed: of 12 seeds, one where float32 inverses (LU or eigh) err by >= 13 tolerances
+    # and every right route of tests/exercises/test_images.py by <= 0.04 (all seeds: <= 0.05
+    # and >= 1 for 11 of 12)
+    ill = np.random.default_rng(5)
+    lam6 = 9 * np.logspace(-6, 0, 6)
+    m6, c6, q6 = gaussian(6, lam6, 3.0, ill)
     cases.append(("d = 6, a covariance of condition number 10^6, the VE SDE, one time t = 0.0001",
-                  noisy(ve, 1e-4, m6, q6, lam6, 7), np.float32(1e-4), m6, c6, ve, True))
+                  noisy(ve, 1e-4, m6, q6, lam6, 7, rng=ill), np.float32(1e-4), m6, c6, ve, True))
     return tuple(cases)
 
 
@@ -165,8 +170,9 @@ def _diagnose(arr, x_t, t, mean, cov, sde, badly_conditioned):
 
 
 # float32 solves with x_t's covariance of condition number up to 1e6: a backward-stable solve
-# (Cholesky, LU) errs by about eps sqrt(cond) |x| ~ 1e-4 in the answer (measured <= 5e-5 on these
-# cases), an explicit inverse by up to eps cond |x| (measured 6e-3 to 1e-2): 1e-3 between.
+# (Cholesky, LU) errs by about eps sqrt(cond) |x| ~ 1e-4 in the answer (measured: at most 0.04
+# tolerances on these cases), an explicit inverse by up to eps cond |x| (13 tolerances or more
+# on the badly conditioned case): 1e-3 between.
 _RTOL, _ATOL = 1e-3, 1e-3
 
 
