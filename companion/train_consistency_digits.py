@@ -8,7 +8,9 @@ first command (seed 0) on a 2-core CPU shared with other jobs (load average abou
 4000 steps of 128 images in 1242 s (21 minutes, compilation included), 1 024 000
 teacher network evaluations (2 per training image; the student and its target add 2
 more forward passes per image), final loss 0.036 (``COST``). The same command
-reproduces it (up to the floating-point order of the machine).
+reproduces it (up to the floating-point order of the machine); ``--seed 1`` made the
+second training seed's ``consistency_digits_seed1.msgpack`` (709 s at load average
+about 4, final loss 0.037).
 Chapter 9 loads it with :func:`load` and retrains with :func:`train` when its ``RETRAIN``
 flag is set.
 
@@ -55,7 +57,7 @@ from companion.sde import check_cutoff
 
 __all__ = [
     "CHECKPOINT_DIR", "FILE", "SDE", "EPS", "SIGMA_DATA", "UNET", "TRAINING", "COST", "DigitsConsistencyModel",
-    "model", "teacher", "train", "load", "sample", "teacher_evaluations", "main",
+    "model", "teacher", "train", "filename", "load", "sample", "teacher_evaluations", "main",
 ]
 
 CHECKPOINT_DIR = train_digits.CHECKPOINT_DIR
@@ -77,7 +79,7 @@ TRAINING = dict(steps=4000, batch_size=128, n_steps=18, target_decay=0.95,
 #: What training the shipped checkpoint cost (the run of the module docstring): wall
 #: ``seconds`` on the shared 2-core CPU at load average ``load``, and the teacher's
 #: network evaluations (:func:`teacher_evaluations`).
-COST = dict(seconds=1242, load=8, teacher_evaluations=1_024_000)
+COST = dict(seconds=1242, load=8, teacher_evaluations=1_024_000, seconds_seed1=709, load_seed1=4)
 
 
 class DigitsConsistencyModel(consistency.ConsistencyModel):
@@ -169,9 +171,14 @@ def train(*, seed: int = 0, score_fn: nnx.Module | None = None, log_every: int =
     return nnx.merge(graphdef, params, rest), {"loss": losses, "seconds": time.perf_counter() - t0}
 
 
-def load(directory: str | Path = CHECKPOINT_DIR) -> DigitsConsistencyModel:
-    """The shipped (or ``directory``'s) student."""
-    return training.load_checkpoint(training.template(model), Path(directory) / FILE)
+def filename(seed: int = 0) -> str:
+    """The checkpoint's file name: ``FILE`` for seed 0, ``consistency_digits_seed<S>.msgpack`` else."""
+    return FILE if seed == 0 else FILE.replace(".msgpack", f"_seed{seed}.msgpack")
+
+
+def load(directory: str | Path = CHECKPOINT_DIR, seed: int = 0) -> DigitsConsistencyModel:
+    """The shipped (or ``directory``'s) student of training seed ``seed`` (0 or 1 shipped)."""
+    return training.load_checkpoint(training.template(model), Path(directory) / filename(seed))
 
 
 @jax.jit
@@ -211,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.random_init:
         overrides["from_teacher"] = False
     student, history = train(seed=args.seed, log_every=args.log_every, **overrides)
-    path = training.save_checkpoint(student, args.out_dir / FILE)
+    path = training.save_checkpoint(student, args.out_dir / filename(args.seed))
     cfg = {**TRAINING, **overrides}
     print(f"{cfg['steps']} steps of {cfg['batch_size']} in {history['seconds']:.0f} s, "
           f"{teacher_evaluations(cfg['steps'], cfg['batch_size'])} teacher evaluations, "
