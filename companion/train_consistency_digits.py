@@ -25,7 +25,7 @@ flag is set.
   with ``F_theta`` a :class:`companion.nets.UNet` of the teacher's size (plain output,
   fed the normalised log noise level u) and sigma_d = ``SIGMA_DATA``, the root mean
   square of the dequantised training digits (the second moment is what c_skip needs:
-  it minimises E |x_0 - c_skip xhat|^2 at each nu). f_theta(x, eps) = x by construction.
+  it minimises E ``|x_0 - c_skip xhat|^2`` at each nu). f_theta(x, eps) = x by construction.
 * Loss: :func:`companion.consistency.distillation` (squared distance) with an EMA target,
   theta^- <- mu theta^- + (1 - mu) theta, mu = ``target_decay`` (chapter 9 measures
   mu = 0.95 far closer to the exact map than the stop-gradient target on the mixture);
@@ -76,8 +76,8 @@ UNET = dict(train_digits.UNET)
 #: weights).
 TRAINING = dict(steps=4000, batch_size=128, n_steps=18, target_decay=0.95,
                 learning_rate=1e-3, warmup_steps=200, from_teacher=True)
-#: What training the shipped checkpoint cost (the run of the module docstring): wall
-#: ``seconds`` on the shared 2-core CPU at load average ``load``, and the teacher's
+#: The cost of training the shipped checkpoint, the run of the module docstring, in wall
+#: ``seconds`` on the shared 2-core CPU at load average ``load``, and in the teacher's
 #: network evaluations (:func:`teacher_evaluations`).
 COST = dict(seconds=1242, load=8, teacher_evaluations=1_024_000, seconds_seed1=709, load_seed1=4)
 
