@@ -225,8 +225,10 @@ def _impute(sde, score_fn, key, x_known, mask, n_steps, eps, predictor, correcto
             x, _ = carry
             # pass 0 uses k itself, so jumps = 1 is plain replacement, key for key
             k_j = jax.lax.cond(j == 0, lambda: k, lambda: jax.random.fold_in(k, j))
-            up = ratio * x + std * jax.random.normal(jax.random.fold_in(k_j, _UP), x.shape, x.dtype)
-            return one_pass(jnp.where(j > 0, up, x), t, t_next, k_j)
+            # a cond, not a where: plain replacement (pass 0) draws no back-up noise
+            x = jax.lax.cond(j > 0, lambda x: ratio * x + std * jax.random.normal(
+                jax.random.fold_in(k_j, _UP), x.shape, x.dtype), lambda x: x, x)
+            return one_pass(x, t, t_next, k_j)
 
         # a traced trip count: one compiled sampler serves every number of jumps
         return jax.lax.fori_loop(0, jumps, jump, (x, x))
